@@ -1,0 +1,133 @@
+"""The model-actor contract.
+
+A *model* (e.g. `FluxKontextImageEdit`) is a plain Python class: its constructor loads weights once from a
+`ModelConf`, and `__call__` is its one typed call. `ModelActor` is the Ray actor that hosts one model: the local and
+batch drivers create it with the resources from config, Ray Serve wraps the same class in a deployment. Stages never
+see Ray: they call a `ModelHandle`, which the driver provides.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from personavlog.engine.config import ModelConf, ResourcesConf
+
+
+@dataclass
+class RanOn:
+    """Where and how long one model call ran (goes into the manifest)."""
+
+    actor: str
+    node: str
+    gpus: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    pid: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"actor": self.actor, "node": self.node, "gpus": list(self.gpus), "seconds": round(self.seconds, 4),
+                "pid": self.pid}
+
+
+class Model(Protocol):
+    """What every model class offers."""
+
+    def __call__(self, **kwargs: Any) -> Any: ...
+
+
+class ModelHandle(Protocol):
+    """What stages hold: call the model, get its result and where it ran. Drivers implement this."""
+
+    role: str
+
+    def __call__(self, **kwargs: Any) -> tuple[Any, RanOn]: ...
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    try:
+        dt = getattr(torch, name)
+    except AttributeError:
+        raise ValueError(f"dtype: unknown torch dtype {name!r}") from None
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"dtype: {name!r} is not a torch dtype")
+    return dt
+
+
+def ray_options(resources: ResourcesConf, runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ray actor options for one replica, from config."""
+    opts: dict[str, Any] = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
+    if resources.accelerator_type:
+        opts["accelerator_type"] = resources.accelerator_type
+    if resources.memory_gb:
+        opts["memory"] = int(resources.memory_gb * 1024**3)
+    if runtime_env:
+        opts["runtime_env"] = dict(runtime_env)
+    return opts
+
+
+class ModelHost:
+    """Loads one model from its config once and runs its calls. Wrapped as a Ray actor by `ModelActor`."""
+
+    def __init__(self, role: str, conf: ModelConf | dict[str, Any]):
+        from omegaconf import OmegaConf
+
+        from personavlog.actors.registry import build_model
+
+        if not isinstance(conf, ModelConf):
+            conf = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConf), conf))  # type: ignore[assignment]
+        self.role = role
+        self.conf = conf
+        self.name = f"{role}:{conf.kind}@{os.getpid()}"
+        t0 = time.perf_counter()
+        self.model = build_model(role, conf)
+        self.load_seconds = time.perf_counter() - t0
+        self.calls = 0
+
+    def __call__(self, **kwargs: Any) -> tuple[Any, RanOn]:
+        t0 = time.perf_counter()
+        result = self.model(**kwargs)
+        self.calls += 1
+        return result, RanOn(actor=self.name, node=_node_id(), gpus=_gpu_ids(), seconds=time.perf_counter() - t0,
+                             pid=os.getpid())
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.conf.kind, "load_seconds": self.load_seconds, "calls": self.calls,
+                "loads": getattr(self.model, "loads", 1)}
+
+    def check_health(self) -> bool:
+        return True
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray the host name is the best we have
+        pass
+    return socket.gethostname()
+
+
+def _gpu_ids() -> list[str]:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return [str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+    except Exception:  # noqa: BLE001
+        pass
+    return []
