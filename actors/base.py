@@ -96,12 +96,14 @@ class ModelHost:
         self.load_seconds = time.perf_counter() - t0
         self.calls = 0
 
-    def __call__(self, **kwargs: Any) -> tuple[Any, RanOn]:
+    def call(self, **kwargs: Any) -> tuple[Any, RanOn]:
         t0 = time.perf_counter()
         result = self.model(**kwargs)
         self.calls += 1
         return result, RanOn(actor=self.name, node=_node_id(), gpus=_gpu_ids(), seconds=time.perf_counter() - t0,
                              pid=os.getpid())
+
+    __call__ = call
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.conf.kind, "load_seconds": self.load_seconds, "calls": self.calls,

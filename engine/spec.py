@@ -102,7 +102,8 @@ def check_image(data: bytes, limits: LimitsConf, field: str = "image") -> tuple[
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(field, f"has more pixels than the limit of {limits.image_max_pixels}") from None
+        raise InputError(field, f"has more pixels than the limit of {limits.image_max_pixels} "
+                                "(decompression-bomb guard)") from None
     except Exception as exc:  # noqa: BLE001 - any decoder error means the file is unusable
         raise InputError(field, f"is not a readable {fmt} image ({type(exc).__name__}: {exc})") from None
     return fmt, (width, height)

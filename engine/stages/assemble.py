@@ -1,0 +1,29 @@
+"""Stage `assemble`: clips in order + monologue at each shot + ducked music + subtitles -> vlog.mp4 (+ .srt)."""
+
+from __future__ import annotations
+
+from personavlog.engine.assembly import Shot, assemble_vlog
+from personavlog.engine.graph import StageContext, StageOutput
+
+
+def run(ctx: StageContext) -> StageOutput:
+    plan = ctx.plan()
+    store = ctx.store
+    shots = []
+    for i in range(ctx.spec.shots):
+        speech = store.record(f"speech/{i}")
+        shots.append(Shot(clip=store.path(_final_clip(ctx, i)),
+                          speech=store.path(ctx.artifact(f"speech/{i}", "speech")) if speech else None,
+                          text=plan["monologues"][i]))
+    music = store.path(ctx.artifact("music", "music")) if store.record("music") else None
+    info = assemble_vlog(shots, music, store.path("vlog.mp4"), store.path("subtitles.srt"), ctx.cfg.assembly)
+    out = StageOutput(data=info)
+    out.artifacts = {"subtitles": "subtitles.srt", "vlog": "vlog.mp4"}
+    return out
+
+
+def _final_clip(ctx: StageContext, i: int) -> str:
+    rec = ctx.store.record(f"frm_video/{i}")
+    if rec and rec.get("status") == "done" and "clip" in rec.get("artifacts", {}):
+        return rec["artifacts"]["clip"]["path"]
+    return ctx.artifact(f"clip/{i}", "clip")
