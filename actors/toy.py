@@ -18,9 +18,9 @@ import math
 import numbers
 import os
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from personavlog.engine.errors import InputError
+from personavlog.engine.errors import ConfigError, InputError
 
 TOY_WEIGHT_SEED = 0
 
@@ -72,6 +72,13 @@ def check_text(field: str, value: Any) -> str:
     return value
 
 
+def check_string(field: str, value: Any) -> str:
+    """Any string, empty allowed (negative prompts)."""
+    if not isinstance(value, str):
+        raise InputError(field, f"must be a string, got {type(value).__name__}")
+    return value
+
+
 def check_size(field: str, value: Any, multiple_of: int) -> int:
     value = check_int(field, value, minimum=multiple_of)
     if value % multiple_of:
@@ -87,6 +94,22 @@ def check_image(field: str, value: Any) -> Any:
     if min(value.size) < 1:
         raise InputError(field, f"is empty ({value.size[0]}x{value.size[1]})")
     return value.convert("RGB") if value.mode != "RGB" else value
+
+
+def check_params(role: str, params: dict[str, Any], checks: dict[str, Callable[[str, Any], Any]]) -> dict[str, Any]:
+    """Validate a model's call defaults from config at load time, so a bad value or a misspelt key fails when the
+    actor starts, naming `models.<role>.params.<key>`, instead of on the first job."""
+    unknown = sorted(set(params) - set(checks))
+    if unknown:
+        raise ConfigError(f"models.{role}.params: unknown key(s) {', '.join(unknown)} (known: {', '.join(checks)})")
+    for key, value in params.items():
+        if value is None:
+            continue
+        try:
+            checks[key](key, value)
+        except InputError as exc:
+            raise ConfigError(f"models.{role}.params.{exc}") from None
+    return dict(params)
 
 
 @contextlib.contextmanager
@@ -237,7 +260,7 @@ def wan_i2v_components() -> dict[str, Any]:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TOY_WEIGHT_SEED)
-        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        vae = AutoencoderKLWan(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                temperal_downsample=[False, True, True])
         transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
                                             in_channels=36, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32,

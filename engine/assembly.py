@@ -155,7 +155,9 @@ def _filter_graph(planned: list[_Planned], width: int, conf: AssemblyConf, music
     fps, height = conf.fps, conf.height
     parts: list[str] = []
     for p in planned:
-        hold_s = max(0.0, (p.frames / fps) - p.clip_s) + 2.0 / fps
+        # Pad by a whole shot's length, not just the planned hold: a clip whose container over-states its frame
+        # count still fills its shot exactly (trim cuts the surplus, so the extra costs nothing).
+        hold_s = (p.frames + 2) / fps
         parts.append(
             f"[{p.index}:v:0]setpts=PTS-STARTPTS,"
             f"scale={width}:{height}:force_original_aspect_ratio=decrease:force_divisible_by=2,"
@@ -241,7 +243,8 @@ def assemble_vlog(shots: list[Shot], music: Optional[Path], out_mp4: Path, out_s
       * Shot i's subtitle cue spans [shot start, shot start + max(speech duration, 1 s)], cut at the shot's end.
         Shots with empty (after cleaning) text get no cue; cues are numbered from 1 in shot order. Control
         characters are stripped; any script is kept. (ffmpeg's SRT reader treats `{\\...}` as styling codes.)
-      * Music (when given) is looped and trimmed to the vlog's length, scaled by conf.music_volume, faded out over
+      * Only the clips' pictures are used; any audio inside a clip is ignored.
+      * Music (when given) is looped (aloop) and trimmed to the vlog's length, scaled by conf.music_volume, faded out over
         the last second (a quarter of the vlog if that is shorter), ducked under the speech with sidechaincompress
         (ratio conf.duck_ratio, the speech track as key) and mixed with the speech without normalisation.
         No music -> speech only; no speech -> music only; neither -> silence. There is always one stereo 48 kHz

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
-
 from personavlog.actors.media import VideoClip
 from personavlog.engine.errors import ConfigError, StageError
 
@@ -87,6 +86,8 @@ def encode_video(clip: VideoClip, path: Path, *, crf: int = 12) -> None:
         raise StageError(f"cannot encode an empty clip (frames shape {frames.shape})")
     if not (math.isfinite(clip.fps) and clip.fps > 0):
         raise StageError(f"cannot encode a clip at fps={clip.fps!r}")
+    if not 0 <= int(crf) <= 51:
+        raise ConfigError(f"crf must be within [0, 51] (libx264 silently clamps anything else), got {crf!r}")
     cmd = _command([
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", _rate(clip.fps), "-i", "pipe:0",
         "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",

@@ -57,18 +57,23 @@ _STRING_CONTENT_KEYS = ("enum", "const", "pattern", "format")
 
 
 def json_schema_for(model: type[BaseModel], *, max_string_chars: int | None = None,
-                    max_list_items: int | None = None) -> dict[str, Any]:
-    """The self-contained, closed JSON schema of `model`, ready for any structured-output backend."""
+                    max_list_items: int | None = None, string_patterns: bool = True) -> dict[str, Any]:
+    """The self-contained, closed JSON schema of `model`, ready for any structured-output backend.
+
+    `string_patterns=False` leaves free strings without the printable pattern (length caps then go to maxLength),
+    for endpoints whose schema subset has no `pattern`.
+    """
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise ConfigError(f"schema: expected a pydantic model class, got {model!r}")
     raw = model.model_json_schema()
     defs = raw.pop("$defs", {})
     inlined = _inline(raw, defs, ())
-    return cap_schema(inlined, max_string_chars=max_string_chars, max_list_items=max_list_items)
+    return cap_schema(inlined, max_string_chars=max_string_chars, max_list_items=max_list_items,
+                      string_patterns=string_patterns)
 
 
 def cap_schema(schema: dict[str, Any], *, max_string_chars: int | None = None,
-               max_list_items: int | None = None) -> dict[str, Any]:
+               max_list_items: int | None = None, string_patterns: bool = True) -> dict[str, Any]:
     """A copy of a self-contained schema, closed and given printable patterns and the optional caps.
 
     Idempotent, so an engine may apply its own caps to a schema a client already prepared.
@@ -77,7 +82,7 @@ def cap_schema(schema: dict[str, Any], *, max_string_chars: int | None = None,
         raise ConfigError(f"mllm.params.max_string_chars: must be >= 1, got {max_string_chars}")
     if max_list_items is not None and max_list_items < 1:
         raise ConfigError(f"mllm.params.max_list_items: must be >= 1, got {max_list_items}")
-    return _close(copy.deepcopy(schema), max_string_chars, max_list_items)
+    return _close(copy.deepcopy(schema), max_string_chars, max_list_items, string_patterns)
 
 
 def _inline(node: Any, defs: dict[str, Any], seen: tuple[str, ...]) -> Any:
@@ -103,23 +108,23 @@ _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_ONE = ("items", "not", "additionalProperties", "contains")
 
 
-def _close(node: dict[str, Any], max_chars: int | None, max_items: int | None) -> dict[str, Any]:
+def _close(node: dict[str, Any], max_chars: int | None, max_items: int | None, patterns: bool) -> dict[str, Any]:
     """Walk subschemas by position (never a `properties` map as if it were a schema: a field may be named "type")."""
     node.pop("default", None)
     for key in _SUBSCHEMA_LISTS:
         if isinstance(node.get(key), list):
-            node[key] = [_close(v, max_chars, max_items) if isinstance(v, dict) else v for v in node[key]]
+            node[key] = [_close(v, max_chars, max_items, patterns) if isinstance(v, dict) else v for v in node[key]]
     for key in _SUBSCHEMA_ONE:
         if isinstance(node.get(key), dict):
-            node[key] = _close(node[key], max_chars, max_items)
+            node[key] = _close(node[key], max_chars, max_items, patterns)
     types = node.get("type")
     type_set = set(types) if isinstance(types, list) else {types}
     if "object" in type_set or "properties" in node:
-        props = {name: _close(sub, max_chars, max_items) for name, sub in node.get("properties", {}).items()}
+        props = {name: _close(sub, max_chars, max_items, patterns) for name, sub in node.get("properties", {}).items()}
         node["properties"] = props
         node["required"] = list(props)
         node["additionalProperties"] = False
-    if "string" in type_set and not any(k in node for k in _STRING_CONTENT_KEYS):
+    if "string" in type_set and patterns and not any(k in node for k in _STRING_CONTENT_KEYS):
         node["pattern"] = printable_pattern(node.pop("minLength", 0), _cap(node.pop("maxLength", None), max_chars))
     elif "string" in type_set and node.get("pattern", "").startswith(_PRINTABLE_CLASS):
         # Ours from an earlier pass: tighten the length bound inside it.
