@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from personavlog.engine.config import ModelConf, ResourcesConf
+from personavlog.engine.config import ResourcesConf
 
 
 @dataclass
@@ -81,16 +81,12 @@ def ray_options(resources: ResourcesConf, runtime_env: dict[str, Any] | None = N
 class ModelHost:
     """Loads one model from its config once and runs its calls. Wrapped as a Ray actor by `ModelActor`."""
 
-    def __init__(self, role: str, conf: ModelConf | dict[str, Any]):
-        from omegaconf import OmegaConf
+    def __init__(self, role: str, conf: Any):
+        from personavlog.actors.registry import build_model, coerce_conf
 
-        from personavlog.actors.registry import build_model
-
-        if not isinstance(conf, ModelConf):
-            conf = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConf), conf))  # type: ignore[assignment]
         self.role = role
-        self.conf = conf
-        self.name = f"{role}:{conf.kind}@{os.getpid()}"
+        self.conf = conf = coerce_conf(role, conf)
+        self.name = f"{role}:{getattr(conf, 'kind', 'quality')}@{os.getpid()}"
         t0 = time.perf_counter()
         self.model = build_model(role, conf)
         self.load_seconds = time.perf_counter() - t0
@@ -106,11 +102,12 @@ class ModelHost:
     __call__ = call
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.conf.kind, "load_seconds": self.load_seconds, "calls": self.calls,
+        return {"name": self.name, "kind": getattr(self.conf, "kind", self.role), "load_seconds": self.load_seconds, "calls": self.calls,
                 "loads": getattr(self.model, "loads", 1)}
 
     def check_health(self) -> bool:
-        return True
+        check = getattr(self.model, "check_health", None)
+        return bool(check()) if check else True
 
 
 def _node_id() -> str:

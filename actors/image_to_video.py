@@ -44,9 +44,8 @@ class WanImageToVideo:
             from diffusers import AutoencoderKLWan
             from transformers import CLIPVisionModel
 
-            # As Wan's model card and diffusers' docs load it: the CLIP image encoder and the VAE stay in float32
-            # (both lose visible quality in bf16 and are a small share of the compute); only the transformer and the
-            # text encoder take the configured dtype.
+            # Loaded as diffusers' documentation for this pipeline loads Wan2.1 I2V: the CLIP image encoder and the
+            # VAE in float32 (a small share of the compute), the transformer and text encoder in the configured dtype.
             image_encoder = CLIPVisionModel.from_pretrained(conf.source, subfolder="image_encoder",
                                                             revision=conf.revision, torch_dtype=torch.float32)
             vae = AutoencoderKLWan.from_pretrained(conf.source, subfolder="vae", revision=conf.revision,

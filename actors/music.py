@@ -179,7 +179,7 @@ class AudioXMusic:
             device=self.device,
             seed=seed,
         )
-        return _audiox_to_audio(output, self.sample_rate, int(round(seconds * self.sample_rate)))
+        return _audiox_to_audio(output, self.sample_rate, round(seconds * self.sample_rate))
 
 
 def _audiox_to_audio(output: Any, sample_rate: int, length: int) -> Audio:

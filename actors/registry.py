@@ -34,5 +34,29 @@ def model_class(role: str, kind: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def build_model(role: str, conf: ModelConf) -> Any:
+# Roles whose config is not a ModelConf: role -> "module:Class" built from its own config schema.
+SPECIAL_ROLES: dict[str, str] = {"scorer": "personavlog.actors.scorers:QualityScorer"}
+
+
+def coerce_conf(role: str, conf: Any) -> Any:
+    """The typed config object for a role from a dataclass, a mapping or an OmegaConf node."""
+    from omegaconf import OmegaConf
+
+    if role == "scorer":
+        from personavlog.actors.scorers import as_scorer_conf
+
+        return as_scorer_conf(conf)
+    if isinstance(conf, ModelConf):
+        return conf
+    node = conf if OmegaConf.is_config(conf) else OmegaConf.create(dict(conf))
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConf), node))
+    except Exception as exc:  # noqa: BLE001 - a bad key or type in the YAML
+        raise ConfigError(f"models.{role}: {str(exc).splitlines()[0]}") from None
+
+
+def build_model(role: str, conf: Any) -> Any:
+    if role in SPECIAL_ROLES:
+        module, cls = SPECIAL_ROLES[role].split(":")
+        return getattr(importlib.import_module(module), cls)(conf)
     return model_class(role, conf.kind)(conf)

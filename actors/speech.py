@@ -233,7 +233,7 @@ def resample(samples: np.ndarray, src_rate: int, dst_rate: int, half_width: int 
         raise ValueError(f"sample rates must be positive, got {src_rate} -> {dst_rate}")
     if src_rate == dst_rate or x.size == 0:
         return x.astype(np.float32)
-    n_out = int(round(x.size * dst_rate / src_rate))
+    n_out = round(x.size * dst_rate / src_rate)
     cutoff = min(1.0, dst_rate / src_rate)  # as a fraction of the input Nyquist frequency
     reach = half_width / cutoff  # taps span `half_width` zero crossings of the (possibly widened) sinc
     taps = int(np.ceil(reach))

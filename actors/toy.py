@@ -18,7 +18,8 @@ import math
 import numbers
 import os
 import tempfile
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from personavlog.engine.errors import ConfigError, InputError
 

@@ -81,7 +81,11 @@ class MACFConf:
 @dataclass
 class FRMStageConf:
     enabled: bool = False
-    rounds: int = 1  # regenerate-and-compare rounds per shot (paper: 1)
+    rounds: int = 1  # review-regenerate-compare rounds per shot (paper: 1)
+    # Scores that must ALL be strictly higher for a regeneration to replace the kept result (paper: every score).
+    # Empty = every score the scorer reports for this kind (image: m_i2i, m_i2t; video: the six VBench scores).
+    required_scores: list[str] = field(default_factory=list)
+    review_frames: int = 4  # video FRM: frames sampled from a clip for the video quality agent
 
 
 @dataclass
@@ -135,6 +139,7 @@ class VlogConfig:
     out: str = "outputs"  # run store root
     macf: MACFConf = field(default_factory=MACFConf)
     frm: FRMConf = field(default_factory=FRMConf)
+    scorers: Any = None  # FRM quality scorers; schema: personavlog.actors.scorers.ScorerConf (conf/scorers/)
     limits: LimitsConf = field(default_factory=LimitsConf)
     assembly: AssemblyConf = field(default_factory=AssemblyConf)
     ray: RayConf = field(default_factory=RayConf)
@@ -154,6 +159,9 @@ def register_schemas() -> None:
     cs.store(name="vlog_schema", node=VlogConfig)
     cs.store(group="models", name="models_schema", node=ModelsConf)
     cs.store(group="mllm", name="mllm_schema", node=MLLMConf)
+    from personavlog.actors.scorers import ScorerConf  # here, not at import: actors import this module
+
+    cs.store(group="scorers", name="scorers_schema", node=ScorerConf)
     _REGISTERED = True
 
 

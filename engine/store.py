@@ -219,7 +219,26 @@ class JobStore:
                 "usage": usage,
                 "stages": stages,
             }
+            frm = _frm_trail(units, stages)
+            if frm:
+                manifest["frm"] = frm
             if extra:
                 manifest["other_records"] = extra
             self.write_json("manifest.json", manifest)
             return manifest
+
+
+def _frm_trail(units: list[str], stages: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:
+    """manifest["frm"]: {"image": [rounds of shot 0, rounds of shot 1, ...], "video": [...]}, for FRM units that ran.
+
+    A shot whose FRM unit has not finished has `null` in its place.
+    """
+    out: dict[str, list[Any]] = {}
+    for unit in units:
+        stage, _, shot = unit.partition("/")
+        if stage not in ("frm_image", "frm_video") or not shot:
+            continue
+        trail = out.setdefault(stage[4:], [])
+        rec = stages.get(unit) or {}
+        trail.append((rec.get("data") or {}).get("rounds") if rec.get("status") == "done" else None)
+    return out

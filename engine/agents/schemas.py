@@ -91,3 +91,37 @@ def single_plan_for(k: int) -> type[BaseModel]:
                         story=(str, Field(min_length=1, max_length=4000)),
                         shots=(list[Shot], Field(min_length=k, max_length=k)),
                         music=(MusicDescription, ...))
+
+
+# --- FRM agents (paper eqs. 7, 8, 10) -----------------------------------------------------------------------------
+
+ImageProblem = Literal[
+    "limbs_or_body_parts",  # (i) incorrect number of limbs or body parts
+    "expression_or_pose",  # (ii) abnormal expressions or poses
+    "background_or_foreground",  # (iii) abnormal background or foreground
+    "clothing_or_accessories",  # (iv) unreasonable clothing or accessories
+    "resolution_or_clarity",  # (v) insufficient resolution or clarity
+    "description_misalignment",  # (vi) inconsistent alignment with the description
+]
+
+
+class ImageQualityVerdict(_Strict):
+    """A_quality^image: which of the six problem classes are present, and a modification suggestion T_mod."""
+
+    verdict: Literal["pass", "fail"]
+    problems: list[ImageProblem] = Field(default_factory=list, max_length=6)
+    suggestion: str = Field(default="", max_length=600)
+
+
+class EditInstruction(_Strict):
+    """A_edit: the suggestion turned into a prompt for the image-edit model."""
+
+    prompt: str = Field(min_length=1, max_length=600)
+
+
+class VideoQualityVerdict(_Strict):
+    """A_quality^video: pass, or a revised video prompt and the reason for it."""
+
+    verdict: Literal["pass", "fail"]
+    revised_prompt: str = Field(default="", max_length=1200)
+    reason: str = Field(default="", max_length=600)

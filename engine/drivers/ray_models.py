@@ -90,13 +90,14 @@ def start_model_pools(cfg: Any, roles: list[str], *, wait: bool = True) -> dict[
     for role in roles:
         if role == "mllm":
             continue
-        conf = cfg.models.get(role)
+        conf = cfg.scorers if role == "scorer" else cfg.models.get(role)
         if conf is None:
             raise ConfigError(f"models.{role}: missing from the config")
         conf_dict = OmegaConf.to_container(conf, resolve=True)
         opts = ray_options(conf.resources, conf_dict.get("runtime_env"))  # type: ignore[union-attr]
+        replicas = conf.resources.get("replicas", 1)
         actors = [actor_cls.options(max_restarts=2, max_task_retries=0, **opts).remote(role, conf_dict)
-                  for _ in range(max(1, int(conf.resources.replicas)))]
+                  for _ in range(max(1, int(replicas)))]
         pools[role] = ModelPool(role, actors)
     if wait:
         wait_ready(pools)

@@ -44,16 +44,16 @@ def audiox(monkeypatch):
                         "model_type": "diffusion_cond"}
         return FakeAudioXModel(), model_config
 
-    def generate_diffusion_cond(model, steps: int = 250, cfg_scale=6, conditioning: dict = None,
-                                conditioning_tensors=None, negative_conditioning: dict = None,
+    def generate_diffusion_cond(model, steps: int = 250, cfg_scale=6, conditioning: dict | None = None,
+                                conditioning_tensors=None, negative_conditioning: dict | None = None,
                                 negative_conditioning_tensors=None, batch_size: int = 1, sample_size: int = 2097152,
                                 sample_rate: int = 48000, seed: int = -1, device: str = "cuda", init_audio=None,
-                                init_noise_level: float = 1.0, mask_args: dict = None, return_latents=False,
+                                init_noise_level: float = 1.0, mask_args: dict | None = None, return_latents=False,
                                 **sampler_kwargs):
-        log["generate_diffusion_cond"].append(dict(
-            model=model, steps=steps, cfg_scale=cfg_scale, conditioning=conditioning,
-            negative_conditioning=negative_conditioning, batch_size=batch_size, sample_size=sample_size,
-            seed=seed, device=device, init_audio=init_audio, sampler_kwargs=sampler_kwargs))
+        log["generate_diffusion_cond"].append({
+            "model": model, "steps": steps, "cfg_scale": cfg_scale, "conditioning": conditioning,
+            "negative_conditioning": negative_conditioning, "batch_size": batch_size, "sample_size": sample_size,
+            "seed": seed, "device": device, "init_audio": init_audio, "sampler_kwargs": sampler_kwargs})
         # Like the real function: seeded from `seed`, (batch, channels, samples), level not bounded to [-1, 1].
         generator = torch.Generator().manual_seed(seed)
         return 3.0 * torch.randn((batch_size, 2, sample_size), generator=generator)
