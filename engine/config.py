@@ -118,7 +118,7 @@ class AssemblyConf:
     speech_gap_s: float = 0.3  # silence kept after a monologue before the next shot may start
     crf: int = 23  # H.264 quality
     audio_bitrate: str = "160k"
-    subtitle_language: str = "eng"  # ISO 639-2 tag of the soft subtitle track
+    subtitle_language: str = "eng"  # ISO 639-2 tag of the subtitle track; the assemble stage sets it from the job
 
 
 @dataclass

@@ -106,3 +106,32 @@ def test_corrupted_artifact_reruns_its_unit_and_downstream_only(first_run, tmp_p
     rerun = {u for u in before if after[u]["started_at"] != before[u]["started_at"]}
     assert rerun == {"clip/1", "assemble"}
     assert probe(job / "vlog.mp4")["duration"] > 0
+
+
+def test_frm_on_writes_an_audit_trail_that_keeps_the_rule(tmp_path):
+    """FRM on, with a voice sample: every shot has image and video rounds; the manifest alone proves the rule."""
+    import numpy as np
+    import soundfile as sf
+
+    from personavlog.engine.audit import frm_violations
+
+    voice = tmp_path / "voice.wav"
+    t = np.arange(16000 * 2) / 16000
+    sf.write(voice, 0.3 * np.sin(2 * np.pi * 180 * t), 16000)
+    proc = generate(tmp_path / "out", "--voice", str(voice), "frm.image.enabled=true", "frm.video.enabled=true")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    vlog = Path(proc.stdout.strip().splitlines()[-1])
+    m = _manifest(vlog)
+    assert m["status"] == "succeeded"
+    for kind in ("image", "video"):
+        trail = m["frm"][kind]
+        assert len(trail) == SHOTS and all(rounds for rounds in trail), trail
+        for rounds in trail:
+            for r in rounds:
+                assert set(r) >= {"scores_before", "scores_after", "verdict", "prompt", "accepted"}
+                assert (r["scores_after"] is None) == (r["verdict"]["verdict"] == "pass")
+    assert frm_violations(m) == []
+    # the clip of each shot starts from the keyframe FRM kept, and the vlog uses the clip FRM kept
+    assert m["stages"]["clip/0"]["status"] == "done" and m["stages"]["assemble"]["status"] == "done"
+    assert (vlog.parent / "input" / "voice.wav").is_file()
+    assert m["stages"]["speech/0"]["data"]["note"]  # VITS cannot clone: said plainly

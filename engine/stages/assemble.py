@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from omegaconf import OmegaConf
+
 from personavlog.engine.assembly import Shot, assemble_vlog
 from personavlog.engine.graph import StageContext, StageOutput
 
@@ -16,10 +18,21 @@ def run(ctx: StageContext) -> StageOutput:
                           speech=store.path(ctx.artifact(f"speech/{i}", "speech")) if speech else None,
                           text=plan["monologues"][i]))
     music = store.path(ctx.artifact("music", "music")) if store.record("music") else None
-    info = assemble_vlog(shots, music, store.path("vlog.mp4"), store.path("subtitles.srt"), ctx.cfg.assembly)
+    conf = OmegaConf.merge(ctx.cfg.assembly, {"subtitle_language": subtitle_language(ctx.spec.language)})
+    info = assemble_vlog(shots, music, store.path("vlog.mp4"), store.path("subtitles.srt"), conf)
     out = StageOutput(data=info)
     out.artifacts = {"subtitles": "subtitles.srt", "vlog": "vlog.mp4"}
     return out
+
+
+# ISO 639-1 -> ISO 639-2/B (the tag mp4 subtitle tracks carry) for common languages; anything else is "und".
+_ISO639_2 = {"en": "eng", "zh": "chi", "ja": "jpn", "ko": "kor", "fr": "fre", "de": "ger", "es": "spa", "it": "ita",
+             "pt": "por", "ru": "rus", "ar": "ara", "hi": "hin", "nl": "dut", "sv": "swe", "pl": "pol", "tr": "tur",
+             "vi": "vie", "th": "tha", "id": "ind", "uk": "ukr"}
+
+
+def subtitle_language(tag: str) -> str:
+    return _ISO639_2.get(tag.split("-")[0].lower(), "und")
 
 
 def _final_clip(ctx: StageContext, i: int) -> str:
