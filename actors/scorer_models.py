@@ -120,7 +120,7 @@ def dynamic_subsample_step(fps: float, num_frames: int, target_fps: float = 8.0)
 
 def backward_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """out(x) = image(x + flow(x)), bilinear, borders repeated. image (N,C,H,W), flow (N,2,H,W) in pixels (dx, dy)."""
-    n, _, h, w = image.shape
+    _, _, h, w = image.shape
     ys, xs = torch.meshgrid(torch.arange(h, device=image.device, dtype=flow.dtype),
                             torch.arange(w, device=image.device, dtype=flow.dtype), indexing="ij")
     x = xs.unsqueeze(0) + flow[:, 0]

@@ -45,8 +45,7 @@ TOY_CLIP: dict[str, Any] = {
 }
 TOY_DINO: dict[str, Any] = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                             "intermediate_size": 64, "image_size": 32, "patch_size": 8}
-TOY_MUSIQ: dict[str, Any] = {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "num_layers": 1,
-                             "longer_side_lengths": [64], "max_seq_len_from_original_res": 16}
+TOY_IMAGING: dict[str, Any] = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
 
 
 @dataclass
@@ -81,10 +80,10 @@ class RaftConf:
 
 @dataclass
 class ImagingConf:
-    arch: str = "musiq"  # musiq (pyiqa's MUSIQ architecture) | toy_vit (ToyImagingQuality, not MUSIQ)
+    arch: str = "toy_vit"  # musiq (pyiqa's MUSIQ architecture; extra `scorers`) | toy_vit (ToyImagingQuality, not MUSIQ)
     weights: Optional[str] = None  # MUSIQ checkpoint (pyiqa's musiq_spaq_ckpt-358bb6af.pth); null = random
     max_side: Optional[int] = 512  # longer side scaled down to this before scoring (VBench: 512)
-    config: Optional[dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(TOY_MUSIQ))  # architecture
+    config: Optional[dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(TOY_IMAGING))  # architecture
     # kwargs (MUSIQ or timm VisionTransformer); null = MUSIQ's published defaults
 
 

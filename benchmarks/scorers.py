@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, float]] = {}
     for name in VIDEO_SCORERS:
         fn = getattr(scorer, name)
-        sec = timed(lambda: fn(frames=clip, fps=args.fps), args.repeats)
+        sec = timed(lambda fn=fn: fn(frames=clip, fps=args.fps), args.repeats)
         rows[name] = {"seconds": sec, "frames_per_s": args.frames / sec}
     sec = timed(lambda: scorer.video_scores(frames=clip, fps=args.fps), args.repeats)
     rows["video_scores (all six)"] = {"seconds": sec, "frames_per_s": args.frames / sec}

@@ -24,7 +24,7 @@ def test_every_group_yaml_composes(group, name):
         for role in ("image_edit", "image_to_video", "music", "speech"):
             assert cfg.models[role].kind != "???", f"{name}.yaml leaves models.{role}.kind unset"
     if group == "mllm":
-        assert cfg.mllm.backend in ("local", "openai", "vllm")
+        assert cfg.mllm.backend in ("local", "openai", "vllm", "sim")
 
 
 def test_every_yaml_file_is_covered():

@@ -200,3 +200,18 @@ def test_toy_vit_imaging_stand_in():
                                            "num_heads": 2}, max_side=512)
     scores = model.score_frames(torch.rand(3, 3, 48, 64), batch_size=2)
     assert scores.shape == (3,) and bool(((scores > 0) & (scores < 1)).all())
+
+
+def test_musiq_architecture_from_pyiqa_at_toy_size():
+    """The real imaging-quality path (conf/scorers/full.yaml) uses pyiqa's MUSIQ class: build it small, offline."""
+    pytest.importorskip("pyiqa", reason="pyiqa is the optional `scorers` extra")
+    import torch
+
+    from personavlog.actors import scorer_models as sm
+
+    model = sm.ImagingQualityModel(arch="musiq", weights=None, device="cpu", seed=0, field="scorers.imaging",
+                                   config={"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "num_layers": 1,
+                                           "longer_side_lengths": [64], "max_seq_len_from_original_res": 16},
+                                   max_side=512)
+    scores = model.score_frames(torch.rand(2, 3, 48, 64), batch_size=2)
+    assert scores.shape == (2,) and bool(((scores >= 0) & (scores <= 1)).all())
