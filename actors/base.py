@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -89,6 +90,7 @@ class ModelHost:
         self.name = f"{role}:{getattr(conf, 'kind', 'quality')}@{os.getpid()}"
         t0 = time.perf_counter()
         self.model = build_model(role, conf)
+        _limit_threads(conf.resources.num_cpus)
         self.load_seconds = time.perf_counter() - t0
         self.calls = 0
 
@@ -108,6 +110,15 @@ class ModelHost:
     def check_health(self) -> bool:
         check = getattr(self.model, "check_health", None)
         return bool(check()) if check else True
+
+
+def _limit_threads(num_cpus: float) -> None:
+    """As many torch threads as the CPU slots the replica holds (at least one): several model actors on one small
+    machine would otherwise each spin up a thread per core and slow each other down many times over. Models that
+    never import torch (stand-ins) stay torch-free."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(max(1, int(num_cpus)))
 
 
 def _node_id() -> str:
