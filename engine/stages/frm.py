@@ -10,7 +10,7 @@ artifact of this unit.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -29,6 +29,36 @@ def _floats(scores: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in scores.items()}
 
 
+def feedback_rounds(*, rounds: int, keys: list[str], kept: Any, kept_path: str, scores: dict[str, float],
+                    review: Callable[[Any, dict[str, float], int], Any],
+                    regenerate: Callable[[dict[str, Any], int], tuple[Any, str, str]],
+                    score: Callable[[Any], dict[str, float]], usage: dict[str, int],
+                    out: StageOutput) -> tuple[Any, str, dict[str, float], list[dict[str, Any]]]:
+    """The FRM loop shared by keyframes and clips: review the kept result; on "fail" regenerate, score, and keep
+    the candidate only if `accept` says every required score is strictly higher. Returns the kept result, its
+    path, its scores and the audit trail."""
+    trail = []
+    for r in range(1, rounds + 1):
+        verdict = review(kept, scores, r)
+        _add(usage, verdict.usage.as_dict())
+        entry: dict[str, Any] = {"round": r, "keys": keys, "scores_before": scores, "scores_after": None,
+                                 "verdict": verdict.data, "prompt": None, "candidate": None, "accepted": False}
+        trail.append(entry)
+        if verdict.data["verdict"] == "pass":
+            break
+        candidate, cand_path, prompt = regenerate(verdict.data, r)
+        after = _floats(score(candidate))
+        entry.update(prompt=prompt, candidate=cand_path, scores_after=after, accepted=accept(scores, after, keys))
+        out.artifacts[f"candidate_r{r}"] = cand_path
+        if entry["accepted"]:
+            kept, kept_path, scores = candidate, cand_path, after
+    return kept, kept_path, scores, trail
+
+
+def _seed(spec: Any, kind: int, r: int, i: int) -> int:
+    return spec.seed * 7919 + 1000 * kind * r + i
+
+
 def run_image(ctx: StageContext) -> StageOutput:
     i = ctx.shot
     assert i is not None
@@ -38,38 +68,34 @@ def run_image(ctx: StageContext) -> StageOutput:
     board_text = f"{board['scene']} {board['behavior']}"
     stylized = store.read_image(ctx.artifact("stylize", "stylized"))
     kept_path = ctx.artifact(f"keyframe/{i}", "keyframe")
-    kept = store.read_image(kept_path)
-    keys = _keys(conf, IMAGE_SCORE_KEYS)
     out = StageOutput()
     usage: dict[str, int] = {}
-    scores = _floats(ctx.call("scorer", out, image=kept, reference=stylized, text=board_text))
-    rounds = []
-    for r in range(1, conf.rounds + 1):
-        seed = spec.seed * 7919 + 1000 * r + i
-        review = review_image(ctx.mllm, storyboard=board_text, character=plan["character_description"],
-                              reference=stylized, keyframe=kept, scores=scores, language=spec.language, seed=seed)
-        _add(usage, review.usage.as_dict())
-        verdict = review.data
-        entry: dict[str, Any] = {"round": r, "keys": keys, "scores_before": scores, "scores_after": None,
-                                 "verdict": verdict, "prompt": None, "candidate": None, "accepted": False}
-        rounds.append(entry)
-        if verdict["verdict"] == "pass":
-            break
+
+    def score(image: Any) -> dict[str, float]:
+        return ctx.call("scorer", out, image=image, reference=stylized, text=board_text)
+
+    def review(kept: Any, scores: dict[str, float], r: int) -> Any:
+        return review_image(ctx.mllm, storyboard=board_text, character=plan["character_description"],
+                            reference=stylized, keyframe=kept, scores=scores, language=spec.language,
+                            seed=_seed(spec, 1, r, i))
+
+    def regenerate(verdict: dict[str, Any], r: int) -> tuple[Any, str, str]:
         edit = edit_instruction(ctx.mllm, storyboard=board_text, style=spec.style, problems=verdict["problems"],
-                                suggestion=verdict["suggestion"], language=spec.language, seed=seed + 1)
+                                suggestion=verdict["suggestion"], language=spec.language,
+                                seed=_seed(spec, 1, r, i) + 1)
         _add(usage, edit.usage.as_dict())
         prompt = edit_prompt("frm_keyframe", style=spec.style, instruction=edit.data["prompt"],
                              behavior=board["behavior"], scene=board["scene"])
-        candidate = ctx.call("image_edit", out, image=stylized, prompt=prompt, seed=seed + 2)
-        cand_path = store.write_image(f"frm/keyframe_{shot_name(i)}_r{r}.png", candidate)
-        after = _floats(ctx.call("scorer", out, image=candidate, reference=stylized, text=board_text))
-        entry.update(prompt=prompt, candidate=cand_path, scores_after=after, accepted=accept(scores, after, keys))
-        out.artifacts[f"candidate_r{r}"] = cand_path
-        if entry["accepted"]:
-            kept, kept_path, scores = candidate, cand_path, after
+        image = ctx.call("image_edit", out, image=stylized, prompt=prompt, seed=_seed(spec, 1, r, i) + 2)
+        return image, store.write_image(f"frm/keyframe_{shot_name(i)}_r{r}.png", image), prompt
+
+    kept = store.read_image(kept_path)
+    kept, kept_path, scores, trail = feedback_rounds(
+        rounds=conf.rounds, keys=_keys(conf, IMAGE_SCORE_KEYS), kept=kept, kept_path=kept_path,
+        scores=_floats(score(kept)), review=review, regenerate=regenerate, score=score, usage=usage, out=out)
     out.artifacts["keyframe"] = kept_path
     out.usage = usage
-    out.data = {"kind": "image", "shot": i, "rounds": rounds, "kept": kept_path, "final_scores": scores}
+    out.data = {"kind": "image", "shot": i, "rounds": trail, "kept": kept_path, "final_scores": scores}
     return out
 
 
@@ -86,39 +112,32 @@ def run_video(ctx: StageContext) -> StageOutput:
     i = ctx.shot
     assert i is not None
     spec, conf, store = ctx.spec, ctx.cfg.frm.video, ctx.store
-    plan = ctx.plan()
-    description = plan["video_descriptions"][i]
+    description = ctx.plan()["video_descriptions"][i]
     keyframe = store.read_image(final_keyframe(ctx, i))
     kept_path = ctx.artifact(f"clip/{i}", "clip")
-    kept = read_video(store.path(kept_path))
-    keys = _keys(conf, VIDEO_SCORE_KEYS)
     out = StageOutput()
     usage: dict[str, int] = {}
-    scores = _floats(ctx.call("scorer", out, frames=kept.frames, fps=kept.fps))
-    rounds = []
-    for r in range(1, conf.rounds + 1):
-        seed = spec.seed * 7919 + 2000 * r + i
-        review = review_video(ctx.mllm, description=description, frames=sample_frames(kept.frames, conf.review_frames),
-                              scores=scores, language=spec.language, seed=seed)
-        _add(usage, review.usage.as_dict())
-        verdict = review.data
-        entry: dict[str, Any] = {"round": r, "keys": keys, "scores_before": scores, "scores_after": None,
-                                 "verdict": verdict, "prompt": None, "candidate": None, "accepted": False}
-        rounds.append(entry)
-        if verdict["verdict"] == "pass":
-            break
+
+    def score(clip: Any) -> dict[str, float]:
+        return ctx.call("scorer", out, frames=clip.frames, fps=clip.fps)
+
+    def review(kept: Any, scores: dict[str, float], r: int) -> Any:
+        return review_video(ctx.mllm, description=description, frames=sample_frames(kept.frames, conf.review_frames),
+                            scores=scores, language=spec.language, seed=_seed(spec, 2, r, i))
+
+    def regenerate(verdict: dict[str, Any], r: int) -> tuple[Any, str, str]:
         prompt = verdict["revised_prompt"].strip() or description
-        clip = ctx.call("image_to_video", out, image=keyframe, prompt=prompt, seed=seed + 2)
-        cand_path = store.write_video(f"frm/clip_{shot_name(i)}_r{r}.mp4", clip)
-        cand = read_video(store.path(cand_path))  # score what was stored, as the viewer will see it
-        after = _floats(ctx.call("scorer", out, frames=cand.frames, fps=cand.fps))
-        entry.update(prompt=prompt, candidate=cand_path, scores_after=after, accepted=accept(scores, after, keys))
-        out.artifacts[f"candidate_r{r}"] = cand_path
-        if entry["accepted"]:
-            kept, kept_path, scores = cand, cand_path, after
+        clip = ctx.call("image_to_video", out, image=keyframe, prompt=prompt, seed=_seed(spec, 2, r, i) + 2)
+        path = store.write_video(f"frm/clip_{shot_name(i)}_r{r}.mp4", clip)
+        return read_video(store.path(path)), path, prompt  # score what was stored, as the viewer will see it
+
+    kept = read_video(store.path(kept_path))
+    kept, kept_path, scores, trail = feedback_rounds(
+        rounds=conf.rounds, keys=_keys(conf, VIDEO_SCORE_KEYS), kept=kept, kept_path=kept_path,
+        scores=_floats(score(kept)), review=review, regenerate=regenerate, score=score, usage=usage, out=out)
     out.artifacts["clip"] = kept_path
     out.usage = usage
-    out.data = {"kind": "video", "shot": i, "rounds": rounds, "kept": kept_path, "final_scores": scores}
+    out.data = {"kind": "video", "shot": i, "rounds": trail, "kept": kept_path, "final_scores": scores}
     return out
 
 
