@@ -61,3 +61,22 @@ def test_tiny_models_run_in_ray_actors(ray_local, tiny_conf, photo):
     assert np.array_equal(speech.samples, repeats["speech"][0].samples)
     infos = ray.get([actors[role].info.remote() for role in calls])
     assert [(i["loads"], i["calls"]) for i in infos] == [(1, 2)] * 4
+
+
+def test_quality_scorer_loads_once_per_actor(ray_local, photo):
+    """The FRM scorer in a Ray actor, as the driver hosts it: several image and video calls, one load per model."""
+    from personavlog.actors.base import ModelHost
+    from personavlog.engine.config import load_config
+    from omegaconf import OmegaConf
+
+    ray = ray_local
+    conf = OmegaConf.to_container(load_config([]).scorers, resolve=True)
+    actor = ray.remote(ModelHost).options(num_cpus=0).remote("scorer", conf)
+    frames = np.zeros((9, 128, 128, 3), np.uint8)
+    refs = [actor.call.remote(image=photo, reference=photo, text="a kid on a beach") for _ in range(3)]
+    refs += [actor.call.remote(frames=frames, fps=16.0) for _ in range(2)]
+    results = [r for r, _ in ray.get(refs, timeout=300)]
+    assert all(r["m_i2i"] == pytest.approx(1.0, abs=1e-5) for r in results[:3])
+    assert results[3]["subject_consistency"] == pytest.approx(1.0, abs=1e-5)
+    info = ray.get(actor.info.remote())
+    assert info["calls"] == 5 and set(info["loads"].values()) == {1}
