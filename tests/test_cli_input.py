@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import png_header_only
+from _support import png_header_only
 
 CLI = [str(Path(sys.executable).with_name("personavlog"))]
 

@@ -19,7 +19,7 @@ from personavlog.engine.pipeline import VLOG_GRAPH
 from personavlog.engine.spec import JobSpec
 from personavlog.engine.store import JobStore
 
-from conftest import EXAMPLE_IMAGE
+from _support import EXAMPLE_IMAGE
 
 
 class Handle:

@@ -9,7 +9,7 @@ from PIL import Image
 from personavlog.engine.errors import InputError
 from personavlog.engine.spec import JobSpec, validate_job_id
 
-from conftest import png_header_only
+from _support import png_header_only
 
 
 def _png(w=64, h=48, fmt="PNG", color=(10, 120, 200)) -> bytes:
