@@ -66,8 +66,9 @@ def smooth_pattern(h, w, shift_x=0.0):
 
 
 def test_backward_warp_zero_flow_is_identity():
-    img = torch.rand(2, 3, 20, 24)
-    assert torch.allclose(sm.backward_warp(img, torch.zeros(2, 2, 20, 24)), img, atol=1e-6)
+    # float32 round trip pixel -> [-1, 1] grid -> pixel is exact only to a few ulps, hence 1e-5
+    img = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(sm.backward_warp(img, torch.zeros(2, 2, 20, 24)), img, atol=1e-5)
 
 
 def test_midpoint_interpolation_of_a_uniform_translation():
