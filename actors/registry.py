@@ -9,16 +9,25 @@ from personavlog.engine.config import ModelConf
 from personavlog.engine.errors import ConfigError
 
 # role -> kind -> "module:Class"
+# "sim": calibrated stand-ins for scale tests (models=sim, personavlog/actors/sim.py).
 MODEL_KINDS: dict[str, dict[str, str]] = {
-    "image_edit": {"flux_kontext": "personavlog.actors.image_edit:FluxKontextImageEdit"},
-    "image_to_video": {"wan_i2v": "personavlog.actors.image_to_video:WanImageToVideo"},
+    "image_edit": {
+        "flux_kontext": "personavlog.actors.image_edit:FluxKontextImageEdit",
+        "sim": "personavlog.actors.sim:SimImageEdit",
+    },
+    "image_to_video": {
+        "wan_i2v": "personavlog.actors.image_to_video:WanImageToVideo",
+        "sim": "personavlog.actors.sim:SimImageToVideo",
+    },
     "music": {
         "stable_audio": "personavlog.actors.music:StableAudioMusic",
         "audiox": "personavlog.actors.music:AudioXMusic",
+        "sim": "personavlog.actors.sim:SimMusic",
     },
     "speech": {
         "vits": "personavlog.actors.speech:VitsSpeech",
         "cosyvoice2": "personavlog.actors.speech:CosyVoice2Speech",
+        "sim": "personavlog.actors.sim:SimSpeech",
     },
 }
 

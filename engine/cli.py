@@ -1,7 +1,10 @@
-"""`personavlog` command line: generate (one vlog, local driver). Batch and serve arrive with their drivers.
+"""`personavlog` command line: generate (one vlog, local driver), batch (a jobs file on Ray Data), serve (the HTTP API
+on Ray Serve).
 
 Exit codes: 0 success (last stdout line = path of vlog.mp4), 1 the job failed (reason on stderr), 2 bad input or
 config (one line on stderr naming the field, no traceback).
+batch: 0 when the batch ran, even if some jobs failed (last stdout line `N succeeded, M failed, S skipped`; reasons
+in DIR/results.parquet), 2 for bad command-line input (jobs file, overrides).
 """
 
 from __future__ import annotations
@@ -36,6 +39,21 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no per-stage progress on stderr")
     g.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. models=paper mllm=openai frm.image.enabled=true")
+    b = sub.add_parser("batch", help="run every job of a Parquet/JSONL/CSV file on Ray Data (resumable)")
+    b.add_argument("--jobs", required=True, help="jobs file: .parquet, .jsonl or .csv with columns theme, style, "
+                   "image (paths relative to the file), optional voice, shots, seed, language, overrides, name")
+    b.add_argument("--out", required=True, help="output folder: run store, results.parquet, journal")
+    b.add_argument("--concurrency", type=int, help="jobs in flight at once (default: twice the model replicas)")
+    b.add_argument("--runners", type=int, help="job-runner processes (default: one per 64 jobs in flight)")
+    b.add_argument("--retry-failed", action="store_true", help="rerun jobs whose last run failed for good")
+    b.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    b.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides for every job, e.g. models=sim mllm=sim")
+    sv = sub.add_parser("serve", help="the authenticated HTTP API on Ray Serve (token: $PERSONAVLOG_API_TOKEN)")
+    sv.add_argument("--host", help="address of the HTTP proxy (default from config: 127.0.0.1)")
+    sv.add_argument("--port", type=int, help="port of the HTTP proxy (default from config: 8000)")
+    sv.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config overrides, e.g. models=paper mllm=vllm serve.queue_size=16")
     return p
 
 
@@ -100,10 +118,65 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from personavlog.engine.drivers.batch import BatchOptions, run_batch
+
+    for flag, value in (("--concurrency", args.concurrency), ("--runners", args.runners)):
+        if value is not None and value < 1:
+            return _fail(f"{flag}: must be >= 1, got {value}")
+    opts = BatchOptions(jobs_file=Path(args.jobs), out=Path(args.out), overrides=list(args.overrides),
+                        concurrency=args.concurrency, runners=args.runners, retry_failed=args.retry_failed,
+                        quiet=args.quiet)
+    try:
+        summary = run_batch(opts, stream=sys.stderr)
+    except (InputError, ConfigError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail(f"interrupted; finished jobs are in {Path(args.out) / 'results.parquet'}, rerun to resume", 130)
+    if not args.quiet:
+        sys.stderr.write(f"results: {summary.results_path}\n")
+    print(summary.line())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from personavlog.engine.config import load_config
+
+    overrides = list(args.overrides)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        return _fail(f"overrides: expected key=value, got {bad[0]!r}")
+    if args.host is not None:
+        if not args.host or not all(c.isalnum() or c in ".:-" for c in args.host):
+            return _fail(f"--host: not a host name or address: {args.host!r}")
+        overrides.append(f"serve.host={args.host}")
+    if args.port is not None:
+        if not 1 <= args.port <= 65535:
+            return _fail(f"--port: must be between 1 and 65535, got {args.port}")
+        overrides.append(f"serve.port={args.port}")
+    try:
+        cfg = load_config(overrides)
+        from personavlog.serve.auth import load_tokens
+
+        load_tokens(cfg.serve)  # refuse to start without a token, before anything starts
+    except (InputError, ConfigError) as exc:
+        return _fail(str(exc))
+    from personavlog.serve.deployments import serve_forever
+
+    try:
+        return serve_forever(cfg, overrides)
+    except ConfigError as exc:
+        return _fail(str(exc), code=1)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "generate":
         return cmd_generate(args)
+    if args.command == "batch":
+        return cmd_batch(args)
+    if args.command == "serve":
+        return cmd_serve(args)
     return _fail(f"unknown command {args.command!r}")
 
 

@@ -140,9 +140,11 @@ class VlogConfig:
     macf: MACFConf = field(default_factory=MACFConf)
     frm: FRMConf = field(default_factory=FRMConf)
     scorers: Any = None  # FRM quality scorers; schema: personavlog.actors.scorers.ScorerConf (conf/scorers/)
+    sim: Any = None  # GPU profile of the calibrated simulation (models=sim); schema: personavlog.actors.sim.SimConf
     limits: LimitsConf = field(default_factory=LimitsConf)
     assembly: AssemblyConf = field(default_factory=AssemblyConf)
     ray: RayConf = field(default_factory=RayConf)
+    serve: Any = None  # online endpoint; schema: personavlog.serve.config.ServeConf (conf/serve/)
 
 
 _REGISTERED = False
@@ -162,6 +164,12 @@ def register_schemas() -> None:
     from personavlog.actors.scorers import ScorerConf  # here, not at import: actors import this module
 
     cs.store(group="scorers", name="scorers_schema", node=ScorerConf)
+    from personavlog.actors.sim import SimConf
+
+    cs.store(group="sim", name="sim_schema", node=SimConf)
+    from personavlog.serve.config import ServeConf
+
+    cs.store(group="serve", name="serve_schema", node=ServeConf)
     _REGISTERED = True
 
 
@@ -185,9 +193,10 @@ def load_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = 
 
 
 # Keys that say where or how a job runs, not what it produces: they stay out of the fingerprint so that moving a
-# job to other hardware or another endpoint timeout does not change its id.
+# job to other hardware or another endpoint timeout does not change its id. `sim` (the simulation's GPU profile, at
+# the root and copied into models=sim / mllm=sim) only sets how long stand-ins sleep.
 _NOT_IN_FINGERPRINT = {"resources", "runtime_env", "api_key_env", "timeout_s", "max_retries", "backoff_s",
-                       "base_url", "device"}
+                       "base_url", "device", "sim"}
 
 
 def _strip(node: Any) -> Any:
@@ -202,7 +211,7 @@ def fingerprint(cfg: DictConfig) -> str:
     """A stable hash of everything in the config that can change a job's outputs."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
-    data = {k: v for k, v in data.items() if k not in ("ray", "out", "limits")}
+    data = {k: v for k, v in data.items() if k not in ("ray", "out", "limits", "serve")}
     blob = json.dumps(_strip(data), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

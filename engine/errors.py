@@ -19,6 +19,9 @@ class InputError(PersonaVlogError, ValueError):
         self.message = message
         super().__init__(f"{field}: {message}")
 
+    def __reduce__(self):  # Ray pickles exceptions raised in actors; the default would drop `field`
+        return (type(self), (self.field, self.message))
+
 
 class ConfigError(PersonaVlogError, ValueError):
     """The composed configuration cannot be used (unknown model kind, missing key, bad override)."""

@@ -110,3 +110,11 @@ def test_job_id_is_deterministic_and_sensitive(cfg):
 def test_job_id_validation_rejects_paths(bad):
     with pytest.raises(InputError):
         validate_job_id(bad)
+
+
+def test_input_error_survives_pickling():
+    """Ray pickles exceptions raised inside actors: the field must come back."""
+    import pickle
+
+    err = pickle.loads(pickle.dumps(InputError("voice", "is not a WAV or FLAC file")))
+    assert isinstance(err, InputError) and err.field == "voice" and str(err) == "voice: is not a WAV or FLAC file"

@@ -25,7 +25,7 @@ ProgressFn = Callable[[str, str, dict[str, Any]], None]  # (unit, event, info)
 @dataclass
 class JobResult:
     job_id: str
-    status: str  # succeeded | failed
+    status: str  # succeeded | failed | cancelled
     dir: Path
     vlog: Optional[Path] = None
     error: Optional[dict[str, Any]] = None
@@ -35,7 +35,9 @@ class JobResult:
 
 def run_job(spec: JobSpec, cfg: Any, out_root: Path, *, models: Mapping[str, Any], mllm: Any,
             graph: Graph = VLOG_GRAPH, progress: Optional[ProgressFn] = None, max_parallel: int = 8,
-            unit_retries: int = 2) -> JobResult:
+            unit_retries: int = 2, should_stop: Optional[Callable[[], bool]] = None) -> JobResult:
+    """Run the units of one job. `should_stop` (optional) is polled before scheduling: once it returns True no
+    further unit starts, units in flight finish, and the job ends as "cancelled" unless everything was done."""
     fp = fingerprint(cfg)
     job_id = spec.job_id(fp)
     store = JobStore(Path(out_root), job_id)
@@ -44,6 +46,7 @@ def run_job(spec: JobSpec, cfg: Any, out_root: Path, *, models: Mapping[str, Any
     config = to_dict(cfg)
     described = spec.describe()
     notify = progress or (lambda unit, event, info: None)
+    stop_requested = should_stop or (lambda: False)
 
     def manifest(status: str, error: Optional[dict[str, Any]] = None) -> None:
         store.write_manifest(spec=described, fingerprint=fp, config=config, units=units, status=status, error=error)
@@ -61,7 +64,7 @@ def run_job(spec: JobSpec, cfg: Any, out_root: Path, *, models: Mapping[str, Any
 
     with ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix=f"job-{job_id[:6]}") as pool:
         while True:
-            if failure is None:
+            if failure is None and not stop_requested():
                 for u in units:
                     if not ready(u):
                         continue
@@ -96,7 +99,8 @@ def run_job(spec: JobSpec, cfg: Any, out_root: Path, *, models: Mapping[str, Any
                     failure = failure or {"unit": u, **(rec.get("error") or {})}
                     notify(u, "failed", rec)
                 manifest("running")
-    status = "succeeded" if failure is None and all(state.get(u) in ("done", "skipped") for u in units) else "failed"
+    complete = failure is None and all(state.get(u) in ("done", "skipped") for u in units)
+    status = "succeeded" if complete else ("cancelled" if failure is None and stop_requested() else "failed")
     manifest(status, failure)
     vlog = store.path("vlog.mp4") if status == "succeeded" else None
     return JobResult(job_id=job_id, status=status, dir=store.dir, vlog=vlog, error=failure,

@@ -1,4 +1,5 @@
-"""Chooses the MLLM backend from `mllm.backend`: openai runs in the caller's process, local and vllm in an actor."""
+"""Chooses the MLLM backend from `mllm.backend`: openai and sim run in the caller's process, local and vllm in an
+actor."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from personavlog.engine.config import MLLMConf, ResourcesConf
 from personavlog.engine.errors import ConfigError
 from personavlog.engine.mllm.base import MLLMClient, MLLMEngine
 
-BACKENDS = ("local", "openai", "vllm")
+BACKENDS = ("local", "openai", "vllm", "sim")
 _ENGINE_BACKENDS = ("local", "vllm")
 
 
@@ -55,6 +56,10 @@ def make_engine(conf: Any) -> MLLMEngine:
         from personavlog.engine.mllm.vllm_engine import VLLMEngine
 
         return VLLMEngine(conf)
+    if backend == "sim":
+        from personavlog.engine.mllm.sim import SimMLLMEngine
+
+        return SimMLLMEngine(conf)
     raise ConfigError("mllm.backend: openai has no engine to host; it is an in-process client (make_client)")
 
 
@@ -66,6 +71,10 @@ def make_client(conf: Any, *, actor_handle: Any = None, parse_retries: int = 2) 
         from personavlog.engine.mllm.openai_client import OpenAIClient
 
         return OpenAIClient(conf, parse_retries=parse_retries)
+    if backend == "sim":
+        from personavlog.engine.mllm.sim import SimMLLMClient
+
+        return SimMLLMClient(conf, parse_retries=parse_retries)
     from personavlog.engine.mllm.actor_client import ActorMLLMClient
 
     return ActorMLLMClient(actor_handle, conf, parse_retries=parse_retries)
