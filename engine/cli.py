@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from personavlog.engine.errors import ConfigError, InputError
+from personavlog.engine.errors import ClusterError, ConfigError, InputError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                    "image (paths relative to the file), optional voice, shots, seed, language, overrides, name")
     b.add_argument("--out", required=True, help="output folder: run store, results.parquet, journal")
     b.add_argument("--concurrency", type=int, help="jobs in flight at once (default: twice the model replicas)")
-    b.add_argument("--runners", type=int, help="job-runner processes (default: one per 64 jobs in flight)")
+    b.add_argument("--runners", type=int, default=1,
+                   help="job-runner processes (default 1: one process routes every model call globally)")
     b.add_argument("--retry-failed", action="store_true", help="rerun jobs whose last run failed for good")
     b.add_argument("--quiet", action="store_true", help="no progress on stderr")
     b.add_argument("overrides", nargs="*", metavar="key=value",
@@ -107,6 +108,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         result = generate(spec, cfg, Path(cfg.out), progress=progress)
     except (InputError, ConfigError) as exc:
         return _fail(str(exc))
+    except ClusterError as exc:
+        return _fail(str(exc), code=1)
     if result.status != "succeeded":
         err = result.error or {}
         return _fail(f"job {result.job_id} failed in {err.get('unit', '?')}: {err.get('class', '')}: "

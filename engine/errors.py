@@ -37,3 +37,7 @@ class TransientError(PersonaVlogError):
 
 class UnusableOutputError(StageError):
     """The MLLM kept returning output that does not parse or does not fit the schema."""
+
+
+class ClusterError(PersonaVlogError):
+    """Ray could not be started or joined (the job did not start; nothing was written)."""

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from personavlog.engine.config import fingerprint
 from personavlog.engine.drivers.local import JobResult, ProgressFn, run_job
+from personavlog.engine.errors import ClusterError
 from personavlog.engine.graph import Graph, parse_unit
 from personavlog.engine.pipeline import VLOG_GRAPH
 from personavlog.engine.spec import JobSpec
@@ -37,7 +38,11 @@ def generate(spec: JobSpec, cfg: Any, out_root: Path, *, progress: Optional[Prog
     from personavlog.engine.drivers.ray_models import connect_ray, start_mllm, start_model_pools
 
     started_here = not ray.is_initialized()
-    connect_ray(cfg)
+    try:
+        connect_ray(cfg)
+    except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions for a start-up timeout
+        raise ClusterError(f"ray: could not {'join ' + cfg.ray.address if cfg.ray.address else 'start a local Ray'}"
+                           f" ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     pools: dict[str, Any] = {}
     engine_actor = None
     try:
