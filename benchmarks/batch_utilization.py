@@ -12,7 +12,8 @@ cluster, and prints:
 - makespan over its lower bound, the bound being max over pools of (that pool's total call time / its replicas)
   (no schedule can beat the busiest pool), or one job's critical path if longer;
 - the engine's own overhead per job: CPU seconds spent by the driver and job runners (incl. their ffmpeg children)
-  per job, and the mean per-call dispatch overhead (caller's wall time minus the actor's own time);
+  per job, and the mean per-call dispatch overhead (caller's wall time minus the actor's own time: Ray's RPC and
+  serialization, plus any wait in an actor's own queue, which a single job runner avoids);
 - the time_scale used. Every simulated call sleeps (real seconds on the profile's GPU x time_scale), uniformly; the
   scale is chosen per cluster so the run's lower bound is --target-seconds, long enough that the 2-core box's CPU work
   (Python, ffmpeg assembly at --assembly-height) stays well below the simulated GPU work. Ratios do not depend on it.
@@ -226,7 +227,7 @@ def main() -> int:
                     help="wall seconds the busiest pool's work should take after compression (sets time_scale)")
     ap.add_argument("--time-scale", type=float, help="use this time_scale instead of --target-seconds")
     ap.add_argument("--concurrency", type=int, help="jobs in flight (default: enough to keep every clip replica fed)")
-    ap.add_argument("--runners", type=int, help="job-runner processes (default: the driver's choice)")
+    ap.add_argument("--runners", type=int, default=1, help="job-runner processes (default 1, as the driver's)")
     ap.add_argument("--assembly-height", type=int, default=64)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()

@@ -2,6 +2,11 @@
 
     personavlog batch --jobs FILE --out DIR [key=value ...]
 
+Columns of FILE: theme, style, image (required; paths relative to FILE or absolute), voice, shots, seed, language
+(optional, defaults from config), name (a label copied to the results), overrides (a list of key=value, or one string
+of them separated by spaces in CSV) limited to keys that keep the model pools the same: macf.*, frm.*, assembly.*,
+mllm.max_tokens, mllm.temperature, mllm.max_image_side. A job that turns FRM on gets the scorer pool started.
+
 How a batch runs:
 
 1. Ray Data reads FILE (row order kept, so every row has its number). JSONL is read as lines, so a line that is not
@@ -66,7 +71,10 @@ class BatchOptions:
     out: Path
     overrides: list[str] = field(default_factory=list)
     concurrency: Optional[int] = None  # jobs in flight at once; None = twice the model replicas (at least 4)
-    runners: Optional[int] = None  # job-runner processes; None = one per 64 jobs in flight
+    # Job-runner processes. One routes every model call with a global view of the replicas (a call waits for a free
+    # replica instead of queueing at a busy one); several each route with their own counters, so calls can queue at
+    # an actor while another idles. More than one only pays when one process's CPU cannot keep up.
+    runners: int = 1
     runner_cpus: float = 1.0  # Ray CPU slots one job runner holds
     retry_failed: bool = False  # rerun jobs whose last run failed for a non-transient reason
     unit_retries: int = 2  # per unit, on TransientError (run_job)
@@ -632,7 +640,7 @@ def run_batch(opts: BatchOptions, *, stream: Optional[TextIO] = sys.stderr) -> B
             if prev is None:
                 todo.append(job)
             else:
-                rows_out[job_id] = {**prev, "rows": job["rows"], "status": "skipped",
+                rows_out[job_id] = {**prev, "rows": job["rows"], "name": job.get("name"), "status": "skipped",
                                     "previous_status": prev.get("status")}
         total = len(jobs) + len(invalid)
         progress = _Progress(total, len(rows_out), len(invalid), None if opts.quiet else stream,
@@ -661,8 +669,7 @@ def run_batch(opts: BatchOptions, *, stream: Optional[TextIO] = sys.stderr) -> B
             replicas = sum(len(p.actors) for p in pools.values())
             concurrency = opts.concurrency or max(4, 2 * replicas)
             concurrency = max(1, min(concurrency, len(todo)))
-            runners = opts.runners or max(1, math.ceil(concurrency / 64))
-            runners = max(1, min(runners, concurrency))
+            runners = max(1, min(opts.runners, concurrency))
             per_runner = math.ceil(concurrency / runners)
             if stream is not None and not opts.quiet:
                 stream.write(f"batch: models up in {timings['start_models_s']:.1f}s "

@@ -3,6 +3,8 @@
 import dataclasses
 import os
 
+import time
+
 import pytest
 from PIL import Image
 from pydantic import BaseModel, Field, field_validator
@@ -89,5 +91,13 @@ def test_dead_actor_is_transient(ray_session, actor):
     client = ActorMLLMClient(actor, CONF)
     assert client.chat(image_messages(), Frame, seed=1).data
     ray_session.kill(actor, no_restart=True)
+    # ray.kill is asynchronous: wait until the actor is gone before asserting how the client reports it
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray_session.get(actor.check_health.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - any failure means the kill has landed
+            break
+        time.sleep(0.2)
     with pytest.raises(TransientError, match="unavailable"):
         client.chat(image_messages(), Frame, seed=1)
