@@ -4,7 +4,7 @@ import json
 import subprocess
 
 
-from conftest import CLI, env
+from batch_support import CLI, env
 
 
 def run(*args):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import batch_cli
+from batch_support import batch_cli
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from conftest import (SIM_OVERRIDES, batch_cli, expected_files, job_files, journal, start_batch, wait_until,
-                      write_jobs)
+from batch_support import (SIM_OVERRIDES, WORKER, batch_cli, expected_files, job_files, journal, start_batch,
+                           wait_until, write_jobs)
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def test_worker_node_removed_mid_batch_every_job_succeeds_once(sim_cluster, tmp_
     finally:
         if proc.poll() is None:
             proc.kill()
-        cluster.add_node(**__import__("conftest").WORKER)  # restore two GPU workers for any later test
+        cluster.add_node(**WORKER)  # restore two GPU workers for any later test
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
     assert text.strip().splitlines()[-1] == f"{N_JOBS} succeeded, 0 failed, 0 skipped", text[-3000:]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE
+from batch_support import EXAMPLE
 
 from personavlog.engine.drivers import batch
 from personavlog.engine.errors import InputError
