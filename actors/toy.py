@@ -179,17 +179,23 @@ T5_TOY_VOCAB_SIZE = 4 + len(_T5_CHARS)
 
 
 def vits_tokenizer() -> Any:
-    """A character-level VitsTokenizer (letters, digits, space, apostrophe), as MMS-TTS models use."""
+    """A character-level VitsTokenizer (the printable ASCII characters), as MMS-TTS models use.
+
+    Unlike a real MMS-TTS checkpoint (normalize=True: lower-case, then drop what the vocabulary lacks) the toy keeps
+    every character and maps the ones it lacks to <unk>. The toy MLLM has random weights and writes arbitrary text,
+    often a lone "," or a CJK character; a real model dropping those would leave nothing to say and fail the job for
+    a reason that only exists at toy size. The check for unspeakable text still runs on the real path.
+    """
     from transformers import VitsTokenizer
 
-    symbols = ["<pad>", "<unk>", " ", "'"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789")
+    symbols = ["<pad>", "<unk>"] + [chr(c) for c in range(ord(" "), ord("~") + 1)]
     vocab = {s: i for i, s in enumerate(symbols)}
     # VitsTokenizer only reads a vocabulary file; it keeps the mapping in memory, so the file can go right away.
     with tempfile.TemporaryDirectory(prefix="toy-vits-") as tmp:
         path = os.path.join(tmp, "vocab.json")
         with open(path, "w", encoding="utf-8") as f:
             json.dump(vocab, f)
-        return VitsTokenizer(vocab_file=path, add_blank=True, normalize=True, phonemize=False)
+        return VitsTokenizer(vocab_file=path, add_blank=True, normalize=False, phonemize=False)
 
 
 # --------------------------------------------------------------------------------------------------------------------

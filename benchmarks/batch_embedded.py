@@ -28,12 +28,6 @@ EXAMPLE = REPO / "examples" / "reference.png"
 CLI = str(Path(sys.executable).with_name("personavlog"))
 SHOTS = 3
 
-# The toy MLLM has random weights and writes random printable text; the toy VITS speaks only ASCII letters, digits,
-# spaces and apostrophes, so now and then a monologue has nothing it can pronounce and the speech unit fails. That is
-# a genuine model error of the embedded default (deterministic per job), and the batch must isolate it like any other:
-# such a job fails alone, naming the unit and the reason.
-TOY_SPEECH_ERROR = ("speech/", "pronounce")
-
 # broken row -> (error_field or None, error_class, text expected in the message)
 BROKEN = {
     "corrupt_png": ("image", "InputError", "not a readable PNG image"),
@@ -86,29 +80,19 @@ def read_results(out: Path) -> list[dict]:
     return pq.read_table(out / "results.parquet").to_pylist()
 
 
-def toy_speech_failure(r: dict) -> bool:
-    return (r["status"] == "failed" and (r["error_unit"] or "").startswith(TOY_SPEECH_ERROR[0])
-            and TOY_SPEECH_ERROR[1] in (r["error_message"] or ""))
-
-
 def check_first_run(proc: subprocess.CompletedProcess, out: Path, total: int) -> list[dict]:
-    """One results row per job, each broken one failed alone with its reason, every good one succeeded (or hit the
-    toy speech model's error, alone)."""
+    """One results row per job, each broken one failed alone with its reason, every good one succeeded."""
     good = total - len(BROKEN)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_results(out)
-    toy = sum(toy_speech_failure(r) for r in rows)
     assert proc.stdout.strip().splitlines()[-1] == \
-        f"{good - toy} succeeded, {len(BROKEN) + toy} failed, 0 skipped", proc.stdout[-500:] + proc.stderr[-3000:]
+        f"{good} succeeded, {len(BROKEN)} failed, 0 skipped", proc.stdout[-500:] + proc.stderr[-3000:]
     assert len(rows) == total, f"{len(rows)} results rows for {total} jobs"
     by_name = {r["name"]: r for r in rows}
     dup = by_name["good-0"]
     assert dup["rows"] == [1, 2] and "duplicate-of-good-0" not in by_name, "the duplicate row must not run again"
     for r in rows:
         if r["name"].startswith("good-"):
-            if toy_speech_failure(r):
-                assert r["vlog"] is None and r["error_class"] in ("InputError", "StageError"), r
-                continue
             assert r["status"] == "succeeded", r
             assert Path(r["vlog"]).is_file() and r["stages"] and r["prompt_tokens"] > 0
             assert all(s["status"] == "done" for s in r["stages"])
@@ -154,15 +138,12 @@ def main() -> int:
     again, again_s = run_cli(jobs, out, *args.overrides)
     check_rerun(again, out, args.jobs, rows)
     ok = [r for r in rows if r["status"] == "succeeded"]
-    toy = [r for r in rows if toy_speech_failure(r)]
-    print(f"good jobs: {len(ok)} succeeded, {len(toy)} failed alone in the toy speech model "
-          f"({toy[0]['error_message'][:120] if toy else '-'})")
     print(f"first run: {first_s:.1f} s ({first.stdout.strip().splitlines()[-1]})")
     print(f"rerun:     {again_s:.1f} s ({again.stdout.strip().splitlines()[-1]}) = "
           f"{again_s / first_s:.1%} of the first")
     print(json.dumps({"jobs": args.jobs, "first_s": round(first_s, 1), "rerun_s": round(again_s, 1),
                       "rerun_fraction": round(again_s / first_s, 4), "succeeded": len(ok),
-                      "toy_speech_failures": len(toy), "broken_failed": len(BROKEN),
+                      "broken_failed": len(BROKEN),
                       "mean_job_s": round(sum(r["seconds"] for r in ok) / max(1, len(ok)), 2),
                       "cpus": os.cpu_count()}))
     return 0

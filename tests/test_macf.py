@@ -101,3 +101,16 @@ def test_single_agent_ablation_is_one_call_without_reviewers():
                      max_rounds=2, multi_agent=False)
     assert len(m.calls) == 1 and not plan["multi_agent"]
     assert len(plan["monologues"]) == 3
+
+
+def test_blank_agent_text_is_unusable_output_and_padding_is_stripped():
+    # A blank monologue would reach the speech model as nothing to say; as unusable output it is asked for again.
+    import pytest
+
+    from personavlog.engine.agents.schemas import monologues_for
+    from personavlog.engine.errors import UnusableOutputError
+    from personavlog.engine.mllm.schema import validate
+
+    with pytest.raises(UnusableOutputError, match="monologues.0.text"):
+        validate(monologues_for(1), '{"monologues": [{"text": "   "}]}')
+    assert validate(monologues_for(1), '{"monologues": [{"text": "  calm sea "}]}') == {"monologues": [{"text": "calm sea"}]}

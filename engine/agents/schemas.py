@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Stripping makes a blank answer ("   ") fail min_length, so it is retried like any unusable output instead of
+    # reaching a model as an empty prompt or an empty monologue.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
 class StoryDraft(_Strict):

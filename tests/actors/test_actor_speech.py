@@ -37,6 +37,27 @@ def test_output_is_capped_at_max_seconds(model):
     assert out.seconds == pytest.approx(3.0)  # tiny.yaml: max_seconds 3.0; the uncapped speech is longer
 
 
+@pytest.mark.parametrize("text", [",", "}", ":{", "篍", "􅊐", "Family personCJourneyMom TiltWFramMy Black sky篍M"])
+def test_toy_speaks_whatever_the_toy_mllm_writes(model, text):
+    # Strings the random toy MLLM really wrote as monologues (a lone comma, a CJK character, ...): the embedded default
+    # must not fail a job because its toy voice lacks a character.
+    out = model(text=text, seed=0)
+    assert out.samples.shape[1] > 0 and np.isfinite(out.samples).all()
+
+
+def test_text_with_nothing_a_real_checkpoint_can_spell_names_the_field(tiny_conf):
+    # Real MMS-TTS tokenizers normalize: lower-case, then drop every character missing from the vocabulary. Text with
+    # nothing left must fail with the reason, not crash inside VITS on an empty sequence.
+    from personavlog.actors.speech import VitsSpeech
+
+    speech = VitsSpeech(tiny_conf("speech"))
+    speech.tokenizer.normalize = True
+    speech.tokenizer.encoder = {k: v for k, v in speech.tokenizer.encoder.items() if not k.isupper()}
+    assert speech(text="Still speakable.", seed=0).samples.shape[1] > 0
+    with pytest.raises(InputError, match="text: has no characters this speech model can pronounce"):
+        speech(text="篍􅊐", seed=0)
+
+
 def test_same_seed_same_speech_other_seed_other_speech(model):
     a = model(text="The sea was calm.", seed=5).samples
     b = model(text="The sea was calm.", seed=5).samples
@@ -75,7 +96,6 @@ def test_loaded_once_across_calls(model):
 @pytest.mark.parametrize("kwargs, field", [
     ({"text": ""}, "text"),
     ({"text": "   \n"}, "text"),
-    ({"text": "你好世界"}, "text"),  # nothing the English character vocabulary can spell
     ({"text": 42}, "text"),
     ({"seed": -5}, "seed"),
     ({"language": ""}, "language"),

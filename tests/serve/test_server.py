@@ -307,8 +307,6 @@ def test_model_replica_killed_mid_request(server, tmp_path):
                 ray.kill(actor, no_restart=True)
             killed.append(ev["unit"])
 
-    # Seeds 203/204: their toy monologues are pronounceable by the toy VITS (201's are not: a failure unrelated
-    # to the kill).
     r = _post_when_queue_has_room(client, seed=203)
     events = sse_events(client, r.json()["events_url"], kill_on_first_clip)
     assert killed, "no clip started"
