@@ -24,9 +24,11 @@ class ResourcesConf:
     num_cpus: float = 0.0  # CPU slots per replica; 0 so toy actors never starve a 2-core laptop
     accelerator_type: Optional[str] = None  # Ray accelerator type, e.g. "H20", "H100"; None = any
     memory_gb: float = 0.0  # host memory reserved per replica (Ray `memory`), 0 = no reservation
-    replicas: int = 1  # replicas started by the local driver (batch/serve use min/max below)
-    min_replicas: int = 1  # autoscaling lower bound (batch, serve)
-    max_replicas: int = 1  # autoscaling upper bound (batch, serve)
+    replicas: int = 1  # replicas started by `generate` (batch and serve use min/max below)
+    # batch: min_replicas start first and must fit (or, with ray.autoscaling, appear); more join up to max_replicas
+    # while the cluster has room, never more than the batch has units for. serve: the autoscaling bounds.
+    min_replicas: int = 1
+    max_replicas: int = 1
 
 
 @dataclass
@@ -42,6 +44,9 @@ class ModelConf:
     extra: dict[str, Any] = field(default_factory=dict)  # loader options specific to one kind
     resources: ResourcesConf = field(default_factory=ResourcesConf)
     runtime_env: Optional[dict[str, Any]] = None  # Ray runtime_env for models that need their own Python env
+    # A call still running after this long is taken as a hung replica: the replica is restarted and the call fails
+    # as transient (the unit is retried). Set it well above the model's slowest honest call; None = no limit.
+    call_timeout_s: Optional[float] = None
 
 
 @dataclass
@@ -127,6 +132,11 @@ class RayConf:
     namespace: str = "personavlog"
     include_dashboard: bool = False  # the dashboard is an RCE surface on an untrusted network
     dashboard_host: str = "127.0.0.1"
+    # The cluster adds nodes on demand (Ray autoscaler, KubeRay). `batch` then asks for model replicas up to
+    # max_replicas even when they do not fit yet (pending replicas are what makes the autoscaler add GPU nodes) and
+    # waits for the nodes its min_replicas need instead of failing at once.
+    autoscaling: bool = False
+    autoscaling_wait_s: float = 900.0  # with autoscaling: how long `batch` waits for the nodes of its min_replicas
 
 
 @dataclass
@@ -195,7 +205,7 @@ def load_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = 
 # Keys that say where or how a job runs, not what it produces: they stay out of the fingerprint so that moving a
 # job to other hardware or another endpoint timeout does not change its id. `sim` (the simulation's GPU profile, at
 # the root and copied into models=sim / mllm=sim) only sets how long stand-ins sleep.
-_NOT_IN_FINGERPRINT = {"resources", "runtime_env", "api_key_env", "timeout_s", "max_retries", "backoff_s",
+_NOT_IN_FINGERPRINT = {"resources", "runtime_env", "api_key_env", "timeout_s", "call_timeout_s", "max_retries", "backoff_s",
                        "base_url", "device", "sim"}
 
 

@@ -110,6 +110,14 @@ class Graph:
             units.extend([unit_id(s.name, i) for i in range(shots)] if s.per_shot else [s.name])
         return units
 
+    def model_demand(self, cfg: Any, shots: int) -> dict[str, int]:
+        """Units of one job that call each model role (a bound on how many replicas one job can keep busy)."""
+        demand: dict[str, int] = {}
+        for s in self.enabled_stages(cfg):
+            for role in s.models:
+                demand[role] = demand.get(role, 0) + (shots if s.per_shot else 1)
+        return demand
+
     def dependencies(self, unit: str, cfg: Any, shots: int) -> list[str]:
         stage, shot = parse_unit(unit)
         deps = []

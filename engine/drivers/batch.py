@@ -17,8 +17,12 @@ How a batch runs:
    through `map_batches` into an actor pool of CPU-only job runners (compute=ActorPoolStrategy, several jobs per
    runner on threads). Each runner calls `run_job` (the local driver) for its job, so the shots of one vlog fan out
    over the model replicas, and an unfinished job resumes from its last finished unit.
-4. Heavy models live in pools of GPU-pinned actors started once by this driver (replicas and resources from conf) and
-   shared by every stage and job: one image-edit pool serves stylization, keyframes and FRM edits.
+4. Heavy models live in pools of GPU-pinned actors started once by this driver and shared by every stage and job: one
+   image-edit pool serves stylization, keyframes and FRM edits. Each pool starts `resources.min_replicas` (and waits
+   for them to load), then asks for more up to `max_replicas`, never more than the batch has units for that model:
+   on a fixed cluster as many as fit in the free resources (shared in proportion to max_replicas), with
+   `ray.autoscaling=true` all of them, pending until the autoscaler adds their nodes. A replica takes calls as soon
+   as it has loaded; pools are released when the batch ends.
 
 Exactly once: a runner holds an exclusive lock on the job (DIR/.locks/<job_id>.lock, released by the OS when its
 process dies) while it runs it, removes temp files a killed writer left, and writes the job's result to the journal
@@ -576,7 +580,8 @@ def run_batch(opts: BatchOptions, *, stream: Optional[TextIO] = sys.stderr) -> B
     import ray.data
 
     from personavlog.engine.config import load_config
-    from personavlog.engine.drivers.ray_models import connect_ray, start_mllm, start_model_pools
+    from personavlog.engine.drivers.ray_models import (connect_ray, grow_pools, replica_bounds, start_mllm,
+                                                       start_model_pools)
     from personavlog.engine.pipeline import VLOG_GRAPH
 
     t_start = time.perf_counter()
@@ -659,13 +664,24 @@ def run_batch(opts: BatchOptions, *, stream: Optional[TextIO] = sys.stderr) -> B
             for key in {tuple(j["overrides"]) for j in todo}:
                 roles.extend(VLOG_GRAPH.model_roles(configs.get(key)))
             roles = list(dict.fromkeys(roles))
-            pools = start_model_pools(cfg, [r for r in roles if r != "mllm"], wait=True, max_restarts=-1)
+            for role in roles:
+                if role != "mllm":
+                    replica_bounds(cfg, role)
+            pools = start_model_pools(cfg, roles, wait=True, max_restarts=-1, count_key="min_replicas",
+                                      wait_for_nodes_s=cfg.ray.autoscaling_wait_s if cfg.ray.autoscaling else 0.0)
             if "mllm" in roles:
                 from personavlog.engine.mllm.factory import needs_actor
 
                 if needs_actor(cfg.mllm):
                     _, engine_actor = start_mllm(cfg)
             timings["start_models_s"] = time.perf_counter() - t
+            demand: dict[str, int] = {}
+            for j in todo:
+                for role, n in VLOG_GRAPH.model_demand(configs.get(tuple(j["overrides"])),
+                                                       int(j["spec"]["shots"])).items():
+                    demand[role] = demand.get(role, 0) + n
+            grow_pools(cfg, pools, demand, max_restarts=-1,
+                       reserve={"CPU": opts.runner_cpus * max(1, opts.runners)})
             replicas = sum(len(p.actors) for p in pools.values())
             concurrency = opts.concurrency or max(4, 2 * replicas)
             concurrency = max(1, min(concurrency, len(todo)))
@@ -673,7 +689,7 @@ def run_batch(opts: BatchOptions, *, stream: Optional[TextIO] = sys.stderr) -> B
             per_runner = math.ceil(concurrency / runners)
             if stream is not None and not opts.quiet:
                 stream.write(f"batch: models up in {timings['start_models_s']:.1f}s "
-                             f"({', '.join(f'{r}x{len(p.actors)}' for r, p in pools.items())}); "
+                             f"({', '.join(_pool_size(p) for p in pools.values())}); "
                              f"{runners} runner(s) x {per_runner} jobs in flight\n")
             payloads = [{"job": json.dumps({"job_id": j["job_id"], "rows": j["rows"], "name": j.get("name"),
                                             "overrides": j["overrides"], "spec": j["spec"]})} for j in todo]
@@ -702,10 +718,11 @@ def run_batch(opts: BatchOptions, *, stream: Optional[TextIO] = sys.stderr) -> B
             for role, pool in pools.items():
                 conf = _role_conf(cfg, role)
                 resources = getattr(conf, "resources", None)
-                entry: dict[str, Any] = {"replicas": len(pool.actors),
+                loaded = pool.loaded_actors()
+                entry: dict[str, Any] = {"replicas": len(loaded), "requested": len(pool.actors),
                                          "num_gpus": float(getattr(resources, "num_gpus", 0.0) or 0.0)}
                 if getattr(conf, "kind", None) == "sim":
-                    entry["call_logs"] = pool.call_logs()
+                    entry["call_logs"] = pool.call_logs(loaded)
                 summary_pools[role] = entry
         progress.show(force=True)
     finally:
@@ -728,6 +745,11 @@ def run_batch(opts: BatchOptions, *, stream: Optional[TextIO] = sys.stderr) -> B
     return BatchSummary(succeeded=counts["succeeded"], failed=counts["failed"], skipped=counts["skipped"],
                         results_path=results_path, rows=all_rows, seconds=time.perf_counter() - t_start,
                         timings=timings, pools=summary_pools)
+
+
+def _pool_size(pool: Any) -> str:
+    joining = len(pool.actors) - pool.ready
+    return f"{pool.role}x{pool.ready}" + (f" (+{joining} joining)" if joining else "")
 
 
 def _role_conf(cfg: Any, role: str) -> Any:

@@ -76,29 +76,76 @@ class ModelPool:
 
     _COOLDOWN_S = 5.0
 
-    def __init__(self, role: str, actors: list[Any], *, slots: int = 1):
+    def __init__(self, role: str, actors: list[Any], *, slots: int = 1, ready: Optional[int] = None,
+                 call_timeout_s: Optional[float] = None):
         self.role = role
         self.actors = list(actors)
         self.slots = max(1, int(slots))
+        self.call_timeout_s = call_timeout_s
+        # The first `ready` actors have loaded their model (the starter waited for them); the rest are joining: they
+        # may still wait for a GPU (a node the autoscaler has yet to add) and take calls once they answer.
+        self.ready = len(self.actors) if ready is None else max(0, min(int(ready), len(self.actors)))
         self._init_local()
 
     def _init_local(self) -> None:
-        self._inflight = [0] * len(self.actors)
-        self._cooldown_until = [0.0] * len(self.actors)
+        n = len(self.actors)
+        self._inflight = [0] * n
+        self._cooldown_until = [0.0] * n
+        self._usable = [i < self.ready for i in range(n)]
+        self._join_failed: dict[int, str] = {}
+        self._watcher: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         # Callers waiting for a slot, in arrival order. A freed slot is handed straight to the first one (one wake-up
         # per call, not a stampede of hundreds of job threads).
         self._waiting: collections.deque[_Waiter] = collections.deque()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"role": self.role, "actors": self.actors, "slots": self.slots}
+        return {"role": self.role, "actors": self.actors, "slots": self.slots, "ready": self.ready,
+                "call_timeout_s": self.call_timeout_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.role, self.actors, self.slots = state["role"], state["actors"], state["slots"]
+        self.ready = state.get("ready", len(self.actors))
+        self.call_timeout_s = state.get("call_timeout_s")
         self._init_local()
 
+    def add_joining(self, actors: list[Any]) -> None:
+        """Append replicas that are still starting (call before the pool is handed to other processes)."""
+        with self._lock:
+            self.actors.extend(actors)
+            self._inflight.extend([0] * len(actors))
+            self._cooldown_until.extend([0.0] * len(actors))
+            self._usable.extend([False] * len(actors))
+
+    def _start_watcher(self) -> None:
+        """Watch the joining replicas from this process (once) and route calls to each as soon as it has loaded."""
+        if self._watcher is not None or all(self._usable):
+            return
+        joining = [i for i, ok in enumerate(self._usable) if not ok]
+        self._watcher = threading.Thread(target=self._watch, args=(joining,), name=f"pool-{self.role}-join",
+                                         daemon=True)
+        self._watcher.start()
+
+    def _watch(self, joining: list[int]) -> None:
+        import ray
+
+        refs = {self.actors[i].info.remote(): i for i in joining}
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            for ref in done:
+                i = refs.pop(ref)
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a replica that cannot load is left out, the rest go on
+                    with self._lock:
+                        self._join_failed[i] = f"{type(exc).__name__}: {_last_line(str(exc))}"
+                    continue
+                with self._lock:
+                    self._usable[i] = True
+                    self._hand_out()
+
     def _pick(self) -> Optional[int]:
-        free = [i for i, n in enumerate(self._inflight) if n < self.slots]
+        free = [i for i, n in enumerate(self._inflight) if n < self.slots and self._usable[i]]
         if not free:
             return None
         t = time.monotonic()
@@ -106,6 +153,9 @@ class ModelPool:
         return min(ready, key=self._inflight.__getitem__)
 
     def _acquire(self) -> int:
+        if self._watcher is None and not all(self._usable):
+            with self._lock:
+                self._start_watcher()
         with self._lock:
             if not self._waiting:
                 idx = self._pick()
@@ -130,19 +180,44 @@ class ModelPool:
             self._inflight[idx] -= 1
             if failed:
                 self._cooldown_until[idx] = time.monotonic() + self._COOLDOWN_S
-            while self._waiting:
-                nxt = self._pick()
-                if nxt is None:
-                    break
-                waiter = self._waiting.popleft()
-                self._inflight[nxt] += 1
-                waiter.idx = nxt
-                waiter.event.set()
+            self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Give free slots to waiters, first come first served (caller holds the lock)."""
+        while self._waiting:
+            nxt = self._pick()
+            if nxt is None:
+                break
+            waiter = self._waiting.popleft()
+            self._inflight[nxt] += 1
+            waiter.idx = nxt
+            waiter.event.set()
 
     def busy(self) -> list[int]:
         """Calls in flight per replica, as this process sees them."""
         with self._lock:
             return list(self._inflight)
+
+    def usable(self) -> list[bool]:
+        """Per replica: has it loaded and does this process route calls to it."""
+        with self._lock:
+            return list(self._usable)
+
+    def loaded_actors(self, timeout_s: float = 10.0) -> list[Any]:
+        """The replicas that have loaded their model by now (joining ones that never got a GPU are left out)."""
+        import ray
+
+        refs = [a.info.remote() for a in self.actors]
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        loaded = []
+        for actor, ref in zip(self.actors, refs):
+            if ref in done:
+                try:
+                    ray.get(ref)
+                except Exception:  # noqa: BLE001
+                    continue
+                loaded.append(actor)
+        return loaded
 
     def __call__(self, **kwargs: Any) -> tuple[Any, RanOn]:
         import ray
@@ -152,7 +227,16 @@ class ModelPool:
         t1 = time.perf_counter()
         failed = False
         try:
-            result, ran_on = ray.get(self.actors[idx].call.remote(**kwargs))
+            ref = self.actors[idx].call.remote(**kwargs)
+            try:
+                result, ran_on = ray.get(ref, timeout=self.call_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                failed = True
+                # A running call on a synchronous actor cannot be cancelled: restart the replica (Ray brings it
+                # back when max_restarts allows) so its GPU serves again, and let the unit be retried.
+                ray.kill(self.actors[idx], no_restart=False)
+                raise TransientError(f"{self.role}: call still running after call_timeout_s={self.call_timeout_s:g} s;"
+                                     f" replica restarted") from None
         except _transient_ray_errors() as exc:
             failed = True
             raise TransientError(f"{self.role}: model actor unavailable ({type(exc).__name__})") from exc
@@ -174,13 +258,14 @@ class ModelPool:
     def info(self) -> list[dict[str, Any]]:
         import ray
 
-        return ray.get([a.info.remote() for a in self.actors])
+        return ray.get([a.info.remote() for a in self.actors[: self.ready]])
 
-    def call_logs(self) -> list[dict[str, Any]]:
-        """Each replica's own record of its calls (stand-in actors only: SimModelHost.call_log)."""
+    def call_logs(self, actors: Optional[list[Any]] = None) -> list[dict[str, Any]]:
+        """Each replica's own record of its calls (stand-in actors only: SimModelHost.call_log); by default those of
+        the replicas started ready."""
         import ray
 
-        return ray.get([a.call_log.remote() for a in self.actors])
+        return ray.get([a.call_log.remote() for a in (self.actors[: self.ready] if actors is None else actors)])
 
     def shutdown(self) -> None:
         import ray
@@ -205,8 +290,18 @@ def host_class(conf: Any) -> type:
     return ModelHost
 
 
-def check_capacity(cfg: Any, roles: list[str], replicas: Optional[dict[str, int]] = None) -> None:
-    """Fail fast, naming the model, when the Ray cluster cannot hold the pools (Ray would wait forever instead)."""
+def _role_conf(cfg: Any, role: str) -> Any:
+    return cfg.scorers if role == "scorer" else cfg.models.get(role)
+
+
+def _per_replica(res: Any) -> dict[str, float]:
+    """What one replica asks Ray for, by resource name (memory in bytes, as Ray counts it)."""
+    need = {"GPU": float(res.num_gpus or 0), "CPU": float(res.num_cpus or 0),
+            "memory": float(res.get("memory_gb", 0) or 0) * 1024 ** 3}
+    return {k: v for k, v in need.items() if v > 0}
+
+
+def _capacity_problem(cfg: Any, roles: list[str], replicas: Optional[dict[str, int]], key_name: str) -> Optional[str]:
     import ray
 
     total = ray.cluster_resources()
@@ -214,51 +309,157 @@ def check_capacity(cfg: Any, roles: list[str], replicas: Optional[dict[str, int]
     for role in roles:
         if role == "mllm":
             continue
-        conf = cfg.scorers if role == "scorer" else cfg.models.get(role)
-        res = getattr(conf, "resources", None)
+        res = getattr(_role_conf(cfg, role), "resources", None)
         if res is None:
             continue
         n = int((replicas or {}).get(role, res.get("replicas", 1)))
-        for key, per in (("GPU", float(res.num_gpus or 0)), ("CPU", float(res.num_cpus or 0))):
-            if per <= 0:
-                continue
+        for key, per in _per_replica(res).items():
             need[key] = need.get(key, 0.0) + per * n
             if per > total.get(key, 0.0):
-                raise ConfigError(f"models.{role}.resources: one replica needs {per:g} {key}(s) but the Ray cluster "
-                                  f"has {total.get(key, 0.0):g} (join a cluster with ray.address=..., or lower it)")
+                return (f"models.{role}.resources: one replica needs {_amount(key, per)} but the Ray cluster has "
+                        f"{_amount(key, total.get(key, 0.0))} (join a cluster with ray.address=..., or lower it)")
+        accel = res.get("accelerator_type")
+        if accel and f"accelerator_type:{accel}" not in total:
+            return (f"models.{role}.resources.accelerator_type: no node of the Ray cluster has a {accel} GPU "
+                    f"(it has: {', '.join(sorted(k.split(':', 1)[1] for k in total if k.startswith('accelerator_type:'))) or 'none'})")
     for key, amount in need.items():
         if amount > total.get(key, 0.0) + 1e-9:
-            raise ConfigError(f"models: the model replicas need {amount:g} {key}(s) together but the Ray cluster has "
-                              f"{total.get(key, 0.0):g}; lower models.<role>.resources.replicas")
+            return (f"models: the model replicas need {_amount(key, amount)} together but the Ray cluster has "
+                    f"{_amount(key, total.get(key, 0.0))}; lower models.<role>.resources.{key_name}")
+    return None
+
+
+def _amount(key: str, value: float) -> str:
+    return f"{value / 1024 ** 3:g} GiB of memory" if key == "memory" else f"{value:g} {key}(s)"
+
+
+def check_capacity(cfg: Any, roles: list[str], replicas: Optional[dict[str, int]] = None, *,
+                   wait_s: float = 0.0, key_name: str = "replicas") -> None:
+    """Fail, naming the model, when the Ray cluster cannot hold the pools (Ray would wait forever instead). With
+    `wait_s` > 0 (an autoscaling cluster) keep looking that long for the nodes to appear first."""
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while True:
+        problem = _capacity_problem(cfg, roles, replicas, key_name)
+        if problem is None:
+            return
+        if time.monotonic() >= deadline:
+            if wait_s > 0:
+                problem += f" (waited {wait_s:g} s for the autoscaler: ray.autoscaling_wait_s)"
+            raise ConfigError(problem)
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+
+def call_timeout(cfg: Any, role: str) -> Optional[float]:
+    """models.<role>.call_timeout_s, checked (scorers have none)."""
+    value = getattr(_role_conf(cfg, role), "call_timeout_s", None)
+    if value is None:
+        return None
+    if not float(value) > 0:
+        raise ConfigError(f"models.{role}.call_timeout_s: must be > 0 seconds (or null for no limit), got {value}")
+    return float(value)
+
+
+def replica_bounds(cfg: Any, role: str) -> tuple[int, int]:
+    """(min_replicas, max_replicas) of a model, checked."""
+    res = _role_conf(cfg, role).resources
+    lo, hi = int(res.min_replicas), int(res.max_replicas)
+    prefix = "scorers" if role == "scorer" else f"models.{role}"
+    if lo < 1:
+        raise ConfigError(f"{prefix}.resources.min_replicas: must be >= 1, got {lo}")
+    if hi < lo:
+        raise ConfigError(f"{prefix}.resources.max_replicas: must be >= min_replicas ({lo}), got {hi}")
+    return lo, hi
+
+
+def plan_extra_replicas(pools: dict[str, tuple[int, int, dict[str, float]]], free: Optional[dict[str, float]]
+                        ) -> dict[str, int]:
+    """How many replicas to add per role. `pools`: role -> (replicas now, ceiling, what one replica needs).
+
+    `free` None (an autoscaling cluster): everything up to the ceiling; the pending replicas are the demand the
+    autoscaler answers. Otherwise the free resources are handed out one replica at a time to the role furthest from
+    its ceiling in proportion (replicas / ceiling lowest), so a model allowed 16 replicas gets four for every one of a
+    model allowed 4; a replica that does not fit is skipped.
+    """
+    extra = {role: 0 for role in pools}
+    if free is None:
+        return {role: max(0, ceiling - now) for role, (now, ceiling, _) in pools.items()}
+    left = dict(free)
+    while True:
+        best, best_ratio = None, None
+        for role, (now, ceiling, need) in pools.items():
+            count = now + extra[role]
+            if count >= ceiling or any(left.get(k, 0.0) + 1e-9 < v for k, v in need.items()):
+                continue
+            ratio = count / ceiling
+            if best_ratio is None or ratio < best_ratio:
+                best, best_ratio = role, ratio
+        if best is None:
+            return extra
+        extra[best] += 1
+        for k, v in pools[best][2].items():
+            left[k] = left.get(k, 0.0) - v
+
+
+def _start_actors(cfg: Any, role: str, n: int, max_restarts: int) -> list[Any]:
+    import ray
+
+    conf = _role_conf(cfg, role)
+    if conf is None:
+        raise ConfigError(f"models.{role}: missing from the config")
+    conf_dict = OmegaConf.to_container(conf, resolve=True)
+    opts = ray_options(conf.resources, conf_dict.get("runtime_env"))  # type: ignore[union-attr]
+    actor_cls = ray.remote(host_class(conf_dict))
+    return [actor_cls.options(max_restarts=max_restarts, max_task_retries=0, **opts).remote(role, conf_dict)
+            for _ in range(int(n))]
+
+
+def grow_pools(cfg: Any, pools: dict[str, ModelPool], demand: dict[str, int], *, max_restarts: int = -1,
+               reserve: Optional[dict[str, float]] = None) -> dict[str, int]:
+    """Add joining replicas to started pools, up to each model's max_replicas and never beyond `demand` (the units
+    the batch has for it). On a fixed cluster only what fits in the free resources (less `reserve`, e.g. the job
+    runners' CPUs) is asked for; with `ray.autoscaling` the rest is asked for too, and Ray places each replica when
+    its node arrives. Returns the replicas added per role."""
+    import ray
+
+    plan_in: dict[str, tuple[int, int, dict[str, float]]] = {}
+    for role, pool in pools.items():
+        _, hi = replica_bounds(cfg, role)
+        ceiling = max(len(pool.actors), min(hi, max(1, int(demand.get(role, 0)))))
+        plan_in[role] = (len(pool.actors), ceiling, _per_replica(_role_conf(cfg, role).resources))
+    free: Optional[dict[str, float]] = None
+    if not cfg.ray.autoscaling:
+        free = dict(ray.available_resources())
+        for k, v in (reserve or {}).items():
+            free[k] = free.get(k, 0.0) - v
+    extra = plan_extra_replicas(plan_in, free)
+    for role, n in extra.items():
+        if n > 0:
+            pools[role].add_joining(_start_actors(cfg, role, n, max_restarts))
+    return extra
 
 
 def start_model_pools(cfg: Any, roles: list[str], *, wait: bool = True, max_restarts: int = 2,
-                      replicas: Optional[dict[str, int]] = None) -> dict[str, ModelPool]:
+                      replicas: Optional[dict[str, int]] = None, wait_for_nodes_s: float = 0.0,
+                      count_key: str = "replicas") -> dict[str, ModelPool]:
     """One pool per model role named in `roles` (the MLLM is started separately).
 
-    Replicas per role: `replicas[role]` when given, else the role's `resources.replicas`. A replica that dies (its
+    Replicas per role: `replicas[role]` when given, else the role's `resources.<count_key>`. A replica that dies (its
     process, or its node) is restarted by Ray up to `max_restarts` times (-1 = always); calls in flight on it fail
     with TransientError and the caller retries them.
     """
-    import ray
-
-    check_capacity(cfg, roles, replicas)
-    pools: dict[str, ModelPool] = {}
+    roles = [r for r in roles if r != "mllm"]
+    counts: dict[str, int] = {}
     for role in roles:
-        if role == "mllm":
-            continue
-        conf = cfg.scorers if role == "scorer" else cfg.models.get(role)
+        conf = _role_conf(cfg, role)
         if conf is None:
             raise ConfigError(f"models.{role}: missing from the config")
-        conf_dict = OmegaConf.to_container(conf, resolve=True)
-        opts = ray_options(conf.resources, conf_dict.get("runtime_env"))  # type: ignore[union-attr]
-        n = (replicas or {}).get(role, conf.resources.get("replicas", 1))
-        if int(n) < 1:
-            raise ConfigError(f"models.{role}.resources.replicas: must be >= 1, got {n}")
-        actor_cls = ray.remote(host_class(conf_dict))
-        actors = [actor_cls.options(max_restarts=max_restarts, max_task_retries=0, **opts).remote(role, conf_dict)
-                  for _ in range(int(n))]
-        pools[role] = ModelPool(role, actors)
+        n = int((replicas or {}).get(role, conf.resources.get(count_key, 1)))
+        if n < 1:
+            raise ConfigError(f"models.{role}.resources.{count_key}: must be >= 1, got {n}")
+        counts[role] = n
+    check_capacity(cfg, roles, counts, wait_s=wait_for_nodes_s, key_name=count_key)
+    pools = {role: ModelPool(role, _start_actors(cfg, role, n, max_restarts),
+                             call_timeout_s=call_timeout(cfg, role)) for role, n in counts.items()}
     if wait:
         wait_ready(pools)
     return pools

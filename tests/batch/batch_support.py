@@ -25,9 +25,11 @@ SYSTEM_CONFIG = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 5
                  "health_check_failure_threshold": 3, "enable_worker_prestart": False,
                  "prestart_worker_first_driver": False}
 
-# models=sim sized for the 4-GPU workers: Wan 2 x 1 GPU, Kontext 1 x 1, music and speech 0.5 each = 4 GPUs.
+# models=sim sized for the 4-GPU workers: Wan 2 x 1 GPU, Kontext 1 x 1, music and speech 0.5 each = 4 GPUs. Fixed
+# pool sizes (min = max), so either worker can take every replica the other one loses.
 SIM_OVERRIDES = ["models=sim", "mllm=sim", "sim.time_scale=0.003", "sim.jitter=0",
-                 "models.image_to_video.resources.replicas=2", "models.music.resources.num_gpus=0.5",
+                 "models.image_to_video.resources.min_replicas=2", "models.image_to_video.resources.max_replicas=2",
+                 "models.image_edit.resources.max_replicas=1", "models.music.resources.num_gpus=0.5",
                  "assembly.height=64"]
 
 

@@ -110,3 +110,39 @@ def test_worker_node_removed_mid_batch_every_job_succeeds_once(sim_cluster, tmp_
         manifest = json.loads((job_dir / "manifest.json").read_text())
         assert manifest["status"] == "succeeded"
         assert all(rec["status"] == "done" for rec in manifest["stages"].values())
+
+
+def test_autoscaling_replicas_beyond_the_cluster_join_when_a_node_arrives(sim_cluster, tmp_path):
+    # ray.autoscaling=true: Wan asks for 8 replicas at once although the two 4-GPU workers hold only 6 of them beside
+    # the other pools (Kontext 1, music 0.5, speech 0.5); the 2 pending ones are placed when a GPU node is added
+    # mid-batch (what the autoscaler does) and then take clips like the others.
+    cluster, _ = sim_cluster
+    n_jobs, wan_max = 6, 8
+    jobs = write_jobs(tmp_path / "in", n_jobs, prefix="Growing cluster")
+    out, log = tmp_path / "out", tmp_path / "batch.log"
+    fixed = ("models.image_to_video.resources.min_replicas", "models.image_to_video.resources.max_replicas")
+    overrides = [o for o in SIM_OVERRIDES if not o.startswith(fixed)] + [
+        "sim.time_scale=0.02", "models.image_to_video.resources.min_replicas=1",
+        f"models.image_to_video.resources.max_replicas={wan_max}", "ray.autoscaling=true",
+        f"ray.address={cluster.address}"]
+    overrides = [o for o in overrides if o != "sim.time_scale=0.003"]
+    proc = start_batch(jobs, out, *overrides, log=log)
+    added = None
+    try:
+        wait_until(lambda: "models up" in log.read_text(), 240, "the model pools", proc, log)
+        assert f"image_to_videox1 (+{wan_max - 1} joining)" in log.read_text()
+        added = cluster.add_node(num_cpus=4, num_gpus=4)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if added is not None:
+            cluster.remove_node(added)  # back to the fixture's two workers
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert text.strip().splitlines()[-1] == f"{n_jobs} succeeded, 0 failed, 0 skipped", text[-3000:]
+    clip_actors = {a for r in _results(out) for s in r["stages"] if s["unit"].startswith("clip/")
+                   for a in s["actors"]}
+    fit_at_start = 6
+    assert fit_at_start < len(clip_actors) <= wan_max, \
+        f"{len(clip_actors)} Wan replicas ran clips; none of those that waited for the new node did"

@@ -192,3 +192,134 @@ def test_model_pool_pickles_without_its_lock_and_routes_to_free_replicas():
     assert order == [second]
     pool._release(first, failed=True)
     assert pool._acquire() == second, "a replica that just failed is avoided while another is free"
+
+
+def test_plan_extra_replicas_fills_free_gpus_in_proportion_to_max_replicas():
+    from personavlog.engine.drivers.ray_models import plan_extra_replicas
+
+    gpu = {"GPU": 1.0}
+    pools = {"image_edit": (1, 4, gpu), "image_to_video": (1, 16, gpu), "music": (1, 1, gpu),
+             "speech": (1, 1, {"GPU": 0.5})}
+    # 8 free GPUs: Wan (allowed 16) gets four for each one Kontext (allowed 4) gets; music/speech are at their max.
+    assert plan_extra_replicas(pools, {"GPU": 8.0}) == {"image_edit": 1, "image_to_video": 7, "music": 0,
+                                                       "speech": 0}
+    assert plan_extra_replicas(pools, {"GPU": 0.5}) == {r: 0 for r in pools}, "nothing fits: nothing asked for"
+    # A replica that does not fit is skipped, a smaller one still placed.
+    assert plan_extra_replicas({"big": (1, 3, {"GPU": 2.0}), "small": (1, 3, {"GPU": 0.5})},
+                               {"GPU": 1.0}) == {"big": 0, "small": 2}
+    # CPUs count too (the job runners' CPUs are reserved by the caller).
+    assert plan_extra_replicas({"m": (1, 9, {"GPU": 1.0, "CPU": 2.0})}, {"GPU": 8.0, "CPU": 5.0}) == {"m": 2}
+    # Autoscaling cluster: everything up to the ceiling, the pending replicas are the autoscaler's demand.
+    assert plan_extra_replicas(pools, None) == {"image_edit": 3, "image_to_video": 15, "music": 0, "speech": 0}
+
+
+def test_model_demand_counts_the_units_of_each_model():
+    from personavlog.engine.config import load_config
+    from personavlog.engine.pipeline import VLOG_GRAPH
+
+    plain = VLOG_GRAPH.model_demand(load_config(), 3)
+    assert plain["image_edit"] == 4 and plain["image_to_video"] == 3 and plain["music"] == 1
+    assert plain["speech"] == 3 and "scorer" not in plain
+    frm = VLOG_GRAPH.model_demand(load_config(["frm.image.enabled=true", "frm.video.enabled=true"]), 3)
+    assert frm["image_edit"] == 7 and frm["scorer"] == 6
+
+
+def test_replica_bounds_name_the_key():
+    from personavlog.engine.config import load_config
+    from personavlog.engine.drivers.ray_models import replica_bounds
+    from personavlog.engine.errors import ConfigError
+
+    assert replica_bounds(load_config(["models=paper"]), "image_to_video") == (1, 16)
+    with pytest.raises(ConfigError, match=r"models.music.resources.max_replicas: must be >= min_replicas \(2\)"):
+        replica_bounds(load_config(["models.music.resources.min_replicas=2"]), "music")
+    with pytest.raises(ConfigError, match="scorers.resources.min_replicas: must be >= 1"):
+        replica_bounds(load_config(["scorers.resources.min_replicas=0"]), "scorer")
+
+
+def test_joining_replica_takes_calls_once_loaded_and_a_failed_one_never(ray_local):
+    import ray
+
+    from personavlog.actors.base import RanOn
+    from personavlog.engine.drivers.ray_models import ModelPool
+
+    @ray.remote(num_cpus=0)
+    class Host:
+        def __init__(self, name, load_s=0.0, broken=False):
+            self.name, self.load_s, self.broken = name, load_s, broken
+
+        def info(self):
+            time.sleep(self.load_s)  # a replica still loading (or waiting for its node) does not answer yet
+            if self.broken:
+                raise RuntimeError("weights missing")
+            return {"actor": self.name}
+
+        def call(self, hold_s=0.0):
+            time.sleep(hold_s)
+            return self.name, RanOn(actor=self.name, node="n")
+
+    ready = Host.remote("ready")
+    ray.get(ready.info.remote())
+    pool = ModelPool("image_to_video", [ready], ready=1)
+    pool.add_joining([Host.remote("late", load_s=3.0), Host.remote("broken", broken=True)])
+    clone = pickle.loads(pickle.dumps(pool))  # as a job runner receives it
+    assert clone.usable() == [True, False, False]
+
+    def two_at_once():
+        got = []
+        threads = [threading.Thread(target=lambda: got.append(clone(hold_s=0.5)[0])) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        return sorted(got)
+
+    assert two_at_once() == ["ready", "ready"], "a loading replica takes no calls"
+    deadline = time.monotonic() + 30
+    while not clone.usable()[1] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert clone.usable() == [True, True, False], "the late replica joins; the one that failed to load never does"
+    assert two_at_once() == ["late", "ready"]
+    assert "weights missing" in clone._join_failed[2]
+    assert [ray.get(a.info.remote())["actor"] for a in pool.loaded_actors(timeout_s=5)] == ["ready", "late"]
+    pool.shutdown()
+
+
+def test_a_call_past_call_timeout_restarts_the_replica_and_is_transient(ray_local):
+    import ray
+
+    from personavlog.actors.base import RanOn
+    from personavlog.engine.drivers.ray_models import ModelPool
+    from personavlog.engine.errors import TransientError
+
+    @ray.remote(num_cpus=0, max_restarts=1)
+    class Host:
+        def __init__(self):
+            self.started = time.time()
+
+        def info(self):
+            return {"started": self.started}
+
+        def call(self, hold_s=0.0):
+            time.sleep(hold_s)  # a hung GPU call, as far as the caller can tell
+            return self.started, RanOn(actor="h", node="n")
+
+    actor = Host.remote()
+    first_start = ray.get(actor.info.remote())["started"]
+    pool = ModelPool("image_to_video", [actor], call_timeout_s=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(TransientError, match=r"call_timeout_s=1 s; replica restarted"):
+        pool(hold_s=60)
+    assert time.monotonic() - t0 < 20
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if ray.get(actor.info.remote(), timeout=10)["started"] > first_start:
+                break  # the hung replica was replaced by a fresh process
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass  # still being killed or restarted
+        assert time.monotonic() < deadline, "the replica never came back"
+        time.sleep(0.5)
+    started, _ = pool(hold_s=0)
+    assert started > first_start, "calls go to the fresh replica"
+    assert pool.busy() == [0]
+    pool.shutdown()
