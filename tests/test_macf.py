@@ -3,7 +3,7 @@
 from collections import defaultdict
 
 from personavlog.engine.agents.macf import plan_vlog, run_agent
-from personavlog.engine.agents.schemas import ReviewVerdict, StoryDraft
+from personavlog.engine.agents.schemas import StoryDraft
 from personavlog.engine.mllm.base import ChatResult, Usage
 
 

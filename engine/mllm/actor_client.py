@@ -39,7 +39,54 @@ class MLLMEngineActor:
         self.engine.shutdown()
 
 
-class ActorMLLMClient:
+class RetryingMLLMClient:
+    """The part of an MLLMClient every in-cluster backend shares: build the JSON schema, validate what comes back
+    against the pydantic model, and ask again with another seed when the output is unusable. Subclasses decode
+    (`_call`) and set `conf`, `model`, `parse_retries`, `max_string_chars` and `max_list_items`."""
+
+    conf: Any
+    model: str
+    parse_retries: int
+    max_string_chars: int | None = None
+    max_list_items: int | None = None
+
+    def chat(self, messages: list[dict[str, Any]], schema: type[BaseModel], *, seed: int | None = None,
+             temperature: float | None = None, max_tokens: int | None = None) -> ChatResult:
+        json_schema = json_schema_for(schema, max_string_chars=self.max_string_chars,
+                                      max_list_items=self.max_list_items)
+        temp = float(self.conf.temperature if temperature is None else temperature)
+        limit = int(self.conf.max_tokens if max_tokens is None else max_tokens)
+        total = Usage()
+        problem = ""
+        for attempt in range(self.parse_retries + 1):
+            # Another seed per attempt: the same seed would decode the same unusable text again.
+            call_seed = None if seed is None else int(seed) + attempt
+            try:
+                text, usage = self._call(messages, json_schema, call_seed, temp, limit)
+            except UnusableOutputError as exc:
+                problem = str(exc)
+                total = total.add(self._unusable_usage(limit))
+                continue
+            total = total.add(usage)
+            try:
+                data = validate(schema, text)
+            except UnusableOutputError as exc:
+                problem = str(exc)
+                continue
+            return ChatResult(data=data, text=text, usage=total, model=self.model)
+        raise UnusableOutputError(f"mllm ({self.model}): {self.parse_retries + 1} attempt(s) gave unusable output; "
+                                  f"last: {problem}")
+
+    def _call(self, messages: list[dict[str, Any]], json_schema: dict[str, Any], seed: int | None,
+              temperature: float, max_tokens: int) -> tuple[str, Usage]:
+        raise NotImplementedError
+
+    def _unusable_usage(self, max_tokens: int) -> Usage:
+        """What an attempt the engine itself rejected (e.g. cut off at max_tokens) is charged."""
+        return Usage(calls=1)
+
+
+class ActorMLLMClient(RetryingMLLMClient):
     """MLLMClient whose engine runs in a Ray actor reached through `handle` (an ActorHandle of MLLMEngineActor)."""
 
     def __init__(self, handle: Any, conf: Any, *, parse_retries: int = 2):
@@ -55,33 +102,8 @@ class ActorMLLMClient:
         self.model = str(conf.model)
         self.params = dict(conf.params or {})
         self.parse_retries = parse_retries
-
-    def chat(self, messages: list[dict[str, Any]], schema: type[BaseModel], *, seed: int | None = None,
-             temperature: float | None = None, max_tokens: int | None = None) -> ChatResult:
-        json_schema = json_schema_for(schema, max_string_chars=self.params.get("max_string_chars"),
-                                      max_list_items=self.params.get("max_list_items"))
-        temp = float(self.conf.temperature if temperature is None else temperature)
-        limit = int(self.conf.max_tokens if max_tokens is None else max_tokens)
-        total = Usage()
-        problem = ""
-        for attempt in range(self.parse_retries + 1):
-            # Another seed per attempt: the same seed would decode the same unusable text again.
-            call_seed = None if seed is None else int(seed) + attempt
-            try:
-                text, usage = self._call(messages, json_schema, call_seed, temp, limit)
-            except UnusableOutputError as exc:
-                problem = str(exc)
-                total = total.add(Usage(calls=1))
-                continue
-            total = total.add(usage)
-            try:
-                data = validate(schema, text)
-            except UnusableOutputError as exc:
-                problem = str(exc)
-                continue
-            return ChatResult(data=data, text=text, usage=total, model=self.model)
-        raise UnusableOutputError(f"mllm ({self.model}): {self.parse_retries + 1} attempt(s) gave unusable output; "
-                                  f"last: {problem}")
+        self.max_string_chars = self.params.get("max_string_chars")
+        self.max_list_items = self.params.get("max_list_items")
 
     def _call(self, messages: list[dict[str, Any]], json_schema: dict[str, Any], seed: int | None,
               temperature: float, max_tokens: int) -> tuple[str, Usage]:

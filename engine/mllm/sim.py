@@ -20,11 +20,11 @@ import re
 import time
 from typing import Any, Optional
 
-from pydantic import BaseModel
 
 from personavlog.engine.errors import ConfigError, UnusableOutputError
-from personavlog.engine.mllm.base import ChatResult, Usage
-from personavlog.engine.mllm.schema import _pattern_bounds, cap_schema, json_schema_for, validate
+from personavlog.engine.mllm.actor_client import RetryingMLLMClient
+from personavlog.engine.mllm.base import Usage
+from personavlog.engine.mllm.schema import _pattern_bounds, cap_schema
 
 _WORDS = ("morning", "light", "street", "market", "river", "quiet", "walks", "smiles", "rain", "window", "coffee",
           "train", "garden", "laughs", "evening", "bridge", "lantern", "wind", "city", "looks", "friend", "soft",
@@ -189,7 +189,7 @@ class SimMLLMEngine:
         return text, Usage(prompt_tokens=prompt_tokens, completion_tokens=tokens, calls=1)
 
 
-class SimMLLMClient:
+class SimMLLMClient(RetryingMLLMClient):
     """MLLMClient over SimMLLMEngine in the caller's process: validation and parse retries as every backend does."""
 
     def __init__(self, conf: Any, *, parse_retries: int = 2):
@@ -199,30 +199,13 @@ class SimMLLMClient:
         self.engine = SimMLLMEngine(conf)
         self.model = self.engine.model
         self.parse_retries = parse_retries
+        self.max_string_chars = self.engine.max_chars
+        self.max_list_items = self.engine.max_items
 
-    def chat(self, messages: list[dict[str, Any]], schema: type[BaseModel], *, seed: Optional[int] = None,
-             temperature: Optional[float] = None, max_tokens: Optional[int] = None) -> ChatResult:
-        json_schema = json_schema_for(schema, max_string_chars=self.engine.max_chars,
-                                      max_list_items=self.engine.max_items)
-        temp = float(self.conf.temperature if temperature is None else temperature)
-        limit = int(self.conf.max_tokens if max_tokens is None else max_tokens)
-        total = Usage()
-        problem = ""
-        for attempt in range(self.parse_retries + 1):
-            call_seed = None if seed is None else int(seed) + attempt
-            try:
-                text, usage = self.engine.chat(messages, json_schema, seed=call_seed, temperature=temp,
-                                               max_tokens=limit)
-            except UnusableOutputError as exc:
-                problem = str(exc)
-                total = total.add(Usage(completion_tokens=limit, calls=1))
-                continue
-            total = total.add(usage)
-            try:
-                data = validate(schema, text)
-            except UnusableOutputError as exc:
-                problem = str(exc)
-                continue
-            return ChatResult(data=data, text=text, usage=total, model=self.model)
-        raise UnusableOutputError(f"mllm ({self.model}): {self.parse_retries + 1} attempt(s) gave unusable output; "
-                                  f"last: {problem}")
+    def _call(self, messages: list[dict[str, Any]], json_schema: dict[str, Any], seed: Optional[int],
+              temperature: float, max_tokens: int) -> tuple[str, Usage]:
+        return self.engine.chat(messages, json_schema, seed=seed, temperature=temperature, max_tokens=max_tokens)
+
+    def _unusable_usage(self, max_tokens: int) -> Usage:
+        # The stand-in cuts off an answer longer than max_tokens after "decoding" all of it: charge the whole budget.
+        return Usage(completion_tokens=max_tokens, calls=1)
