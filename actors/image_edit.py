@@ -5,8 +5,8 @@ from __future__ import annotations
 from PIL import Image
 
 from personavlog.actors.base import resolve_device, torch_dtype
-from personavlog.actors.toy import (check_float, check_image, check_int, check_params, check_seed, check_size,
-                                    check_text, pick)
+from personavlog.actors.calls import (check_float, check_image, check_int, check_params, check_seed, check_size,
+                                      check_text, pick)
 from personavlog.engine.config import ModelConf
 
 # Call defaults models.image_edit.params may set. Sizes are checked against the pipeline's size multiple per call.

@@ -6,8 +6,8 @@ from PIL import Image
 
 from personavlog.actors.base import resolve_device, torch_dtype
 from personavlog.actors.media import VideoClip
-from personavlog.actors.toy import (check_float, check_image, check_int, check_params, check_seed, check_size,
-                                    check_string, check_text, pick)
+from personavlog.actors.calls import (check_float, check_image, check_int, check_params, check_seed, check_size,
+                                      check_string, check_text, pick)
 from personavlog.engine.config import ModelConf
 from personavlog.engine.errors import ConfigError, InputError
 

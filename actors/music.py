@@ -14,7 +14,7 @@ import numpy as np
 
 from personavlog.actors.base import resolve_device, torch_dtype
 from personavlog.actors.media import Audio
-from personavlog.actors.toy import check_float, check_int, check_params, check_seed, check_string, check_text, pick
+from personavlog.actors.calls import check_float, check_int, check_params, check_seed, check_string, check_text, pick
 from personavlog.engine.config import ModelConf
 from personavlog.engine.errors import ConfigError, InputError
 

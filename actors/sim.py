@@ -21,7 +21,7 @@ import numpy as np
 
 from personavlog.actors.base import ModelHost
 from personavlog.actors.media import Audio, VideoClip
-from personavlog.actors.toy import check_float, check_image, check_int, check_params, check_seed, check_text, pick
+from personavlog.actors.calls import check_float, check_image, check_int, check_params, check_seed, check_text, pick
 from personavlog.engine.config import ModelConf
 from personavlog.engine.errors import ConfigError
 

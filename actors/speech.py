@@ -17,7 +17,7 @@ import numpy as np
 
 from personavlog.actors.base import resolve_device, torch_dtype
 from personavlog.actors.media import Audio
-from personavlog.actors.toy import check_float, check_params, check_seed, check_string, check_text, seeded
+from personavlog.actors.calls import check_float, check_params, check_seed, check_string, check_text, seeded
 from personavlog.engine.config import ModelConf
 from personavlog.engine.errors import ConfigError, InputError
 

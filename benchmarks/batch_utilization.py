@@ -181,7 +181,8 @@ def run_one(gpus: int, args, work: Path) -> dict:
     time_scale = args.time_scale or args.target_seconds / bound_real
     overrides = ["models=sim", "mllm=sim", f"sim={args.profile}", f"sim.time_scale={time_scale:.6g}",
                  f"assembly.height={args.assembly_height}"]
-    overrides += [f"models.{r}.resources.{k}={n}" for r, n in replicas.items() for k in ("min_replicas", "max_replicas")]
+    overrides += [f"models.{r}.resources.{k}={n}" for r, n in replicas.items()
+                  for k in ("min_replicas", "max_replicas")]
     concurrency = args.concurrency or max(8, math.ceil(2 * replicas["image_to_video"] / args.shots) + 8)
     print(f"\n== {gpus} GPUs ({args.profile}): replicas {replicas}, time_scale {time_scale:.6g} "
           f"(a {profile.image_to_video.seconds_per_call:g} s Wan call takes "

@@ -205,8 +205,8 @@ def load_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = 
 # Keys that say where or how a job runs, not what it produces: they stay out of the fingerprint so that moving a
 # job to other hardware or another endpoint timeout does not change its id. `sim` (the simulation's GPU profile, at
 # the root and copied into models=sim / mllm=sim) only sets how long stand-ins sleep.
-_NOT_IN_FINGERPRINT = {"resources", "runtime_env", "api_key_env", "timeout_s", "call_timeout_s", "max_retries", "backoff_s",
-                       "base_url", "device", "sim"}
+_NOT_IN_FINGERPRINT = {"resources", "runtime_env", "api_key_env", "timeout_s", "call_timeout_s", "max_retries",
+                       "backoff_s", "base_url", "device", "sim"}
 
 
 def _strip(node: Any) -> Any:

@@ -113,4 +113,5 @@ def test_blank_agent_text_is_unusable_output_and_padding_is_stripped():
 
     with pytest.raises(UnusableOutputError, match="monologues.0.text"):
         validate(monologues_for(1), '{"monologues": [{"text": "   "}]}')
-    assert validate(monologues_for(1), '{"monologues": [{"text": "  calm sea "}]}') == {"monologues": [{"text": "calm sea"}]}
+    padded = validate(monologues_for(1), '{"monologues": [{"text": "  calm sea "}]}')
+    assert padded == {"monologues": [{"text": "calm sea"}]}

@@ -320,8 +320,9 @@ def _capacity_problem(cfg: Any, roles: list[str], replicas: Optional[dict[str, i
                         f"{_amount(key, total.get(key, 0.0))} (join a cluster with ray.address=..., or lower it)")
         accel = res.get("accelerator_type")
         if accel and f"accelerator_type:{accel}" not in total:
+            have = sorted(k.split(":", 1)[1] for k in total if k.startswith("accelerator_type:"))
             return (f"models.{role}.resources.accelerator_type: no node of the Ray cluster has a {accel} GPU "
-                    f"(it has: {', '.join(sorted(k.split(':', 1)[1] for k in total if k.startswith('accelerator_type:'))) or 'none'})")
+                    f"(it has: {', '.join(have) or 'none'})")
     for key, amount in need.items():
         if amount > total.get(key, 0.0) + 1e-9:
             return (f"models: the model replicas need {_amount(key, amount)} together but the Ray cluster has "
