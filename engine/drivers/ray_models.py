@@ -203,11 +203,14 @@ class ModelPool:
         with self._lock:
             return list(self._usable)
 
-    def loaded_actors(self, timeout_s: float = 10.0) -> list[Any]:
-        """The replicas that have loaded their model by now (joining ones that never got a GPU are left out)."""
+    def loaded_actors(self, timeout_s: float = 2.0) -> list[Any]:
+        """The replicas that have loaded their model by now: the ones started ready, plus the joining ones that answer
+        within `timeout_s` (one still waiting for a GPU never does)."""
         import ray
 
         refs = [a.info.remote() for a in self.actors]
+        if self.ready:
+            ray.wait(refs[: self.ready], num_returns=self.ready)
         done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         loaded = []
         for actor, ref in zip(self.actors, refs):
