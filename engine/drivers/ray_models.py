@@ -70,8 +70,9 @@ class ModelPool:
     A call waits until some replica has a free slot (`slots` calls at a time; 1 = a GPU runs one call) and goes to the
     least-busy one, so the shots of a job spread over replicas and a late call never queues behind a slow one while
     another replica idles. Waiters are served in arrival order. A replica that just failed is avoided for a few
-    seconds while Ray restarts it. Picklable: handles travel to job-runner processes, each of which routes its own
-    calls (the lock and counters are per process).
+    seconds while Ray restarts it; a call past `call_timeout_s` restarts its replica. Replicas added while the pool
+    runs ("joining": still loading, or waiting for a node) take calls once they answer. Picklable: handles travel to
+    job-runner processes, each of which routes its own calls (the lock and counters are per process).
     """
 
     _COOLDOWN_S = 5.0
