@@ -580,8 +580,8 @@ def run_batch(opts: BatchOptions, *, stream: Optional[TextIO] = sys.stderr) -> B
     import ray.data
 
     from personavlog.engine.config import load_config
-    from personavlog.engine.drivers.ray_models import (connect_ray, grow_pools, replica_bounds, start_mllm,
-                                                       start_model_pools)
+    from personavlog.engine.drivers.ray_models import (connect_ray, grow_pools, replica_bounds, role_conf,
+                                                       start_mllm, start_model_pools)
     from personavlog.engine.pipeline import VLOG_GRAPH
 
     t_start = time.perf_counter()
@@ -716,7 +716,7 @@ def run_batch(opts: BatchOptions, *, stream: Optional[TextIO] = sys.stderr) -> B
                     last_flush = time.perf_counter()
             timings["run_s"] = time.perf_counter() - t
             for role, pool in pools.items():
-                conf = _role_conf(cfg, role)
+                conf = role_conf(cfg, role)
                 resources = getattr(conf, "resources", None)
                 loaded = pool.loaded_actors()
                 entry: dict[str, Any] = {"replicas": len(loaded), "requested": len(pool.actors),
@@ -750,7 +750,3 @@ def run_batch(opts: BatchOptions, *, stream: Optional[TextIO] = sys.stderr) -> B
 def _pool_size(pool: Any) -> str:
     joining = len(pool.actors) - pool.ready
     return f"{pool.role}x{pool.ready}" + (f" (+{joining} joining)" if joining else "")
-
-
-def _role_conf(cfg: Any, role: str) -> Any:
-    return cfg.scorers if role == "scorer" else cfg.models.get(role)

@@ -120,7 +120,7 @@ class ModelPool:
 
     def _start_watcher(self) -> None:
         """Watch the joining replicas from this process (once) and route calls to each as soon as it has loaded."""
-        if self._watcher is not None or all(self._usable):
+        if self._watcher is not None:
             return
         joining = [i for i, ok in enumerate(self._usable) if not ok]
         self._watcher = threading.Thread(target=self._watch, args=(joining,), name=f"pool-{self.role}-join",
@@ -154,7 +154,7 @@ class ModelPool:
         return min(ready, key=self._inflight.__getitem__)
 
     def _acquire(self) -> int:
-        if self._watcher is None and not all(self._usable):
+        if self._watcher is None and self.ready < len(self.actors):
             with self._lock:
                 self._start_watcher()
         with self._lock:
@@ -259,11 +259,6 @@ class ModelPool:
                              queued_s=t1 - t0, wall_s=t2 - t1)
         return result, pooled
 
-    def info(self) -> list[dict[str, Any]]:
-        import ray
-
-        return ray.get([a.info.remote() for a in self.actors[: self.ready]])
-
     def call_logs(self, actors: Optional[list[Any]] = None) -> list[dict[str, Any]]:
         """Each replica's own record of its calls (stand-in actors only: SimModelHost.call_log); by default those of
         the replicas started ready."""
@@ -294,14 +289,20 @@ def host_class(conf: Any) -> type:
     return ModelHost
 
 
-def _role_conf(cfg: Any, role: str) -> Any:
+def role_conf(cfg: Any, role: str) -> Any:
+    """The config section of a model role (the FRM scorers live under `scorers`, the rest under `models`)."""
     return cfg.scorers if role == "scorer" else cfg.models.get(role)
+
+
+def conf_key(role: str) -> str:
+    """Where a role's config lives, for error messages."""
+    return "scorers" if role == "scorer" else f"models.{role}"
 
 
 def _per_replica(res: Any) -> dict[str, float]:
     """What one replica asks Ray for, by resource name (memory in bytes, as Ray counts it)."""
     need = {"GPU": float(res.num_gpus or 0), "CPU": float(res.num_cpus or 0),
-            "memory": float(res.get("memory_gb", 0) or 0) * 1024 ** 3}
+            "memory": float(res.memory_gb or 0) * 1024 ** 3}
     return {k: v for k, v in need.items() if v > 0}
 
 
@@ -313,19 +314,19 @@ def _capacity_problem(cfg: Any, roles: list[str], replicas: Optional[dict[str, i
     for role in roles:
         if role == "mllm":
             continue
-        res = getattr(_role_conf(cfg, role), "resources", None)
+        res = getattr(role_conf(cfg, role), "resources", None)
         if res is None:
             continue
         n = int((replicas or {}).get(role, res.get("replicas", 1)))
         for key, per in _per_replica(res).items():
             need[key] = need.get(key, 0.0) + per * n
             if per > total.get(key, 0.0):
-                return (f"models.{role}.resources: one replica needs {_amount(key, per)} but the Ray cluster has "
+                return (f"{conf_key(role)}.resources: one replica needs {_amount(key, per)} but the Ray cluster has "
                         f"{_amount(key, total.get(key, 0.0))} (join a cluster with ray.address=..., or lower it)")
         accel = res.get("accelerator_type")
         if accel and f"accelerator_type:{accel}" not in total:
             have = sorted(k.split(":", 1)[1] for k in total if k.startswith("accelerator_type:"))
-            return (f"models.{role}.resources.accelerator_type: no node of the Ray cluster has a {accel} GPU "
+            return (f"{conf_key(role)}.resources.accelerator_type: no node of the Ray cluster has a {accel} GPU "
                     f"(it has: {', '.join(have) or 'none'})")
     for key, amount in need.items():
         if amount > total.get(key, 0.0) + 1e-9:
@@ -356,19 +357,19 @@ def check_capacity(cfg: Any, roles: list[str], replicas: Optional[dict[str, int]
 
 def call_timeout(cfg: Any, role: str) -> Optional[float]:
     """models.<role>.call_timeout_s, checked (scorers have none)."""
-    value = getattr(_role_conf(cfg, role), "call_timeout_s", None)
+    value = getattr(role_conf(cfg, role), "call_timeout_s", None)
     if value is None:
         return None
     if not float(value) > 0:
-        raise ConfigError(f"models.{role}.call_timeout_s: must be > 0 seconds (or null for no limit), got {value}")
+        raise ConfigError(f"{conf_key(role)}.call_timeout_s: must be > 0 seconds (or null for no limit), got {value}")
     return float(value)
 
 
 def replica_bounds(cfg: Any, role: str) -> tuple[int, int]:
     """(min_replicas, max_replicas) of a model, checked."""
-    res = _role_conf(cfg, role).resources
+    res = role_conf(cfg, role).resources
     lo, hi = int(res.min_replicas), int(res.max_replicas)
-    prefix = "scorers" if role == "scorer" else f"models.{role}"
+    prefix = conf_key(role)
     if lo < 1:
         raise ConfigError(f"{prefix}.resources.min_replicas: must be >= 1, got {lo}")
     if hi < lo:
@@ -385,9 +386,9 @@ def plan_extra_replicas(pools: dict[str, tuple[int, int, dict[str, float]]], fre
     its ceiling in proportion (replicas / ceiling lowest), so a model allowed 16 replicas gets four for every one of a
     model allowed 4; a replica that does not fit is skipped.
     """
-    extra = {role: 0 for role in pools}
     if free is None:
         return {role: max(0, ceiling - now) for role, (now, ceiling, _) in pools.items()}
+    extra = {role: 0 for role in pools}
     left = dict(free)
     while True:
         best, best_ratio = None, None
@@ -408,9 +409,7 @@ def plan_extra_replicas(pools: dict[str, tuple[int, int, dict[str, float]]], fre
 def _start_actors(cfg: Any, role: str, n: int, max_restarts: int) -> list[Any]:
     import ray
 
-    conf = _role_conf(cfg, role)
-    if conf is None:
-        raise ConfigError(f"models.{role}: missing from the config")
+    conf = role_conf(cfg, role)
     conf_dict = OmegaConf.to_container(conf, resolve=True)
     opts = ray_options(conf.resources, conf_dict.get("runtime_env"))  # type: ignore[union-attr]
     actor_cls = ray.remote(host_class(conf_dict))
@@ -430,7 +429,7 @@ def grow_pools(cfg: Any, pools: dict[str, ModelPool], demand: dict[str, int], *,
     for role, pool in pools.items():
         _, hi = replica_bounds(cfg, role)
         ceiling = max(len(pool.actors), min(hi, max(1, int(demand.get(role, 0)))))
-        plan_in[role] = (len(pool.actors), ceiling, _per_replica(_role_conf(cfg, role).resources))
+        plan_in[role] = (len(pool.actors), ceiling, _per_replica(role_conf(cfg, role).resources))
     free: Optional[dict[str, float]] = None
     if not cfg.ray.autoscaling:
         free = dict(ray.available_resources())
@@ -455,12 +454,12 @@ def start_model_pools(cfg: Any, roles: list[str], *, wait: bool = True, max_rest
     roles = [r for r in roles if r != "mllm"]
     counts: dict[str, int] = {}
     for role in roles:
-        conf = _role_conf(cfg, role)
+        conf = role_conf(cfg, role)
         if conf is None:
-            raise ConfigError(f"models.{role}: missing from the config")
+            raise ConfigError(f"{conf_key(role)}: missing from the config")
         n = int((replicas or {}).get(role, conf.resources.get(count_key, 1)))
         if n < 1:
-            raise ConfigError(f"models.{role}.resources.{count_key}: must be >= 1, got {n}")
+            raise ConfigError(f"{conf_key(role)}.resources.{count_key}: must be >= 1, got {n}")
         counts[role] = n
     check_capacity(cfg, roles, counts, wait_s=wait_for_nodes_s, key_name=count_key)
     pools = {role: ModelPool(role, _start_actors(cfg, role, n, max_restarts),
@@ -481,7 +480,7 @@ def wait_ready(pools: dict[str, Any]) -> None:
             cause = getattr(exc, "cause", None) or exc
             if isinstance(cause, ConfigError):
                 raise ConfigError(str(cause)) from None
-            raise ConfigError(f"models.{role}: the model failed to load: {type(cause).__name__}: "
+            raise ConfigError(f"{conf_key(role)}: the model failed to load: {type(cause).__name__}: "
                               f"{str(cause).splitlines()[0] if str(cause) else ''}") from None
 
 

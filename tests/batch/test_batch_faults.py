@@ -120,12 +120,11 @@ def test_autoscaling_replicas_beyond_the_cluster_join_when_a_node_arrives(sim_cl
     n_jobs, wan_max = 6, 8
     jobs = write_jobs(tmp_path / "in", n_jobs, prefix="Growing cluster")
     out, log = tmp_path / "out", tmp_path / "batch.log"
-    fixed = ("models.image_to_video.resources.min_replicas", "models.image_to_video.resources.max_replicas")
-    overrides = [o for o in SIM_OVERRIDES if not o.startswith(fixed)] + [
+    replaced = ("models.image_to_video.resources.", "sim.time_scale=")
+    overrides = [o for o in SIM_OVERRIDES if not o.startswith(replaced)] + [
         "sim.time_scale=0.02", "models.image_to_video.resources.min_replicas=1",
         f"models.image_to_video.resources.max_replicas={wan_max}", "ray.autoscaling=true",
         f"ray.address={cluster.address}"]
-    overrides = [o for o in overrides if o != "sim.time_scale=0.003"]
     proc = start_batch(jobs, out, *overrides, log=log)
     added = None
     try:
